@@ -1,0 +1,40 @@
+"""The `rama` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from rama import __version__
+from rama.cli import demo, inspect
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rama",
+        description="Mechanistic interpretability on any Hugging Face transformer, offline.",
+        epilog="example: rama demo   |   rama sites smollm2-135m   |   rama run smollm2-135m 'Hello'",
+    )
+    parser.add_argument("--version", action="version", version=f"rama {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    inspect.register(subparsers)
+    demo.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args))
+    except (ValueError, KeyError, FileNotFoundError, TypeError) as error:
+        print(f"rama: error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

