@@ -84,6 +84,13 @@ def test_unknown_name_offline_fails_at_once_listing_builtins(monkeypatch: pytest
     assert time.monotonic() - start < 5
 
 
+def test_unreachable_hub_fails_fast_without_retrying() -> None:
+    start = time.monotonic()
+    with pytest.raises(ModelNotFoundError, match=r"Built-in models \(work offline\): smollm2-135m"):
+        rama.load("someone/no-such-model")
+    assert time.monotonic() - start < 15
+
+
 def test_unsupported_architecture_lists_supported_ones() -> None:
     config = tf.OPTConfig(
         vocab_size=50, hidden_size=16, num_hidden_layers=1, ffn_dim=32, num_attention_heads=2

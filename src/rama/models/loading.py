@@ -84,6 +84,22 @@ def resolve_model_dir(name_or_path: str | os.PathLike[str]) -> Path | str:
     return text
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP connect to the configured hub endpoint, instead of the hub client's retry loop."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname or "", port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
 def check_model_dir(path: Path) -> None:
     if not path.is_dir():
         raise ModelNotFoundError(
@@ -189,21 +205,24 @@ def load_hf(
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     where = resolve_model_dir(name_or_path)
+    hub_kwargs: dict[str, Any] = {}
+    if isinstance(where, str) and not hub_reachable():
+        hub_kwargs["local_files_only"] = True  # offline: only the local HF cache, no retry loop
     try:
-        config = AutoConfig.from_pretrained(where)
+        config = AutoConfig.from_pretrained(where, **hub_kwargs)
     except (OSError, ValueError) as error:
         raise ModelNotFoundError(
             f"could not load a model config for {str(name_or_path)!r}: {error}. "
             f"Built-in models (work offline): {', '.join(BUILTIN_MODELS)}."
         ) from error
     model_class = AutoModelForCausalLM if is_causal_lm_config(config) else AutoModel
-    kwargs: dict[str, Any] = {"dtype": dtype or torch.float32}
+    kwargs: dict[str, Any] = {"dtype": dtype or torch.float32, **hub_kwargs}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     model: Any
     try:
         model = model_class.from_pretrained(where, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(where)
+        tokenizer = AutoTokenizer.from_pretrained(where, **hub_kwargs)
     except Exception as error:
         raise ModelNotFoundError(
             f"the model at {str(where)!r} could not be loaded ({type(error).__name__}: {error}). "
