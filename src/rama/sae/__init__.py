@@ -1,0 +1,21 @@
+"""Sparse autoencoders and transcoders: one file per architecture behind one registry."""
+
+from rama.sae import batchtopk, gated, jumprelu, relu, topk  # noqa: F401 - registers the architectures
+from rama.sae.base import REGISTRY, SAE, SAEConfig
+from rama.sae.evaluate import evaluate
+from rama.sae.harvest import HarvestConfig, harvest
+from rama.sae.runner import train, train_many
+from rama.sae.training import TrainConfig, fit
+
+__all__ = [
+    "REGISTRY",
+    "SAE",
+    "HarvestConfig",
+    "SAEConfig",
+    "TrainConfig",
+    "evaluate",
+    "fit",
+    "harvest",
+    "train",
+    "train_many",
+]

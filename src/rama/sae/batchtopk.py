@@ -1,0 +1,76 @@
+"""BatchTopK SAE (Bussmann et al. 2024): the batch's k·B largest activations, any token any number.
+
+Training picks by batch; inference cannot (one token at a time), so the SAE keeps a running
+estimate of the smallest kept activation and uses it as a JumpReLU threshold — which is how it is
+saved (SAELens writes BatchTopK as JumpReLU with that threshold).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+from rama.sae.base import SAE, LossOutput, SAEConfig, TrainState, mse_fvu, register
+from rama.sae.topk import aux_k_loss
+
+
+@register("batchtopk")
+class BatchTopKSAE(SAE):
+    threshold: torch.Tensor
+
+    def __init__(self, cfg: SAEConfig) -> None:
+        if not cfg.k or not 0 < cfg.k <= cfg.d_sae:
+            raise ValueError(f"a batchtopk SAE needs 0 < k <= d_sae ({cfg.d_sae}); got k={cfg.k}")
+        super().__init__(cfg)
+        self.register_buffer("threshold", torch.tensor(-1.0))  # < 0: not estimated yet
+
+    def select(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat indices and values of the batch's k·B largest positive pre-activations."""
+        acts = pre.relu().flatten()
+        count = min(acts.numel(), int(self.cfg.k or 1) * pre.shape[0])
+        values, flat = acts.topk(count, sorted=False)
+        return values, flat
+
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        if self.training or float(self.threshold) < 0:
+            values, flat = self.select(pre.reshape(-1, pre.shape[-1]))
+            return (
+                torch.zeros(pre.numel(), dtype=pre.dtype, device=pre.device)
+                .scatter_(0, flat, values)
+                .view_as(pre)
+            )
+        return pre * (pre > self.threshold)
+
+    def loss(self, x: torch.Tensor, target: torch.Tensor, state: TrainState) -> LossOutput:
+        pre = self.pre_activations(x)
+        values, flat = self.select(pre)
+        reconstruction = self._decode_by_rows(flat, values, x.shape[0]) + self.b_dec + self.skip(x)
+        _, fvu = mse_fvu(reconstruction, target)
+        aux = aux_k_loss(self, pre, target - reconstruction, state.dead_mask(), self.cfg.d_in // 2)
+        self._update_threshold(values.detach())
+        codes = torch.zeros(pre.numel(), dtype=pre.dtype).scatter_(0, flat, values.detach()).view_as(pre)
+        loss = fvu + self.cfg.aux_k_coefficient * aux
+        return LossOutput(loss, reconstruction, codes, {"fvu": fvu.item(), "aux_k": aux.item()})
+
+    def _decode_by_rows(self, flat: torch.Tensor, values: torch.Tensor, batch: int) -> torch.Tensor:
+        """Per-token bags of (latent, value) decoded with embedding_bag: only used rows get gradients."""
+        order = flat.argsort()
+        flat, values = flat[order], values[order]
+        rows, cols = flat // self.cfg.d_sae, flat % self.cfg.d_sae
+        counts = torch.bincount(rows, minlength=batch)
+        offsets = torch.cumsum(counts, 0) - counts
+        return F.embedding_bag(cols, self.W_dec, offsets, per_sample_weights=values, mode="sum")
+
+    @torch.no_grad()
+    def _update_threshold(self, kept: torch.Tensor, momentum: float = 0.99) -> None:
+        positive = kept[kept > 0]
+        if positive.numel() == 0:
+            return
+        smallest = positive.min()
+        if float(self.threshold) < 0:
+            self.threshold.copy_(smallest)
+        else:
+            self.threshold.mul_(momentum).add_((1 - momentum) * smallest)
+
+    def threshold_for_export(self) -> torch.Tensor | None:
+        return self.threshold.clamp_min(0).expand(self.cfg.d_sae).clone()

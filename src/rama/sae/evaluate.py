@@ -1,0 +1,118 @@
+"""How good an SAE is: reconstruction, sparsity, and the model's loss with the SAE spliced in.
+
+`ce_loss_recovered = (CE_ablated − CE_spliced) / (CE_ablated − CE_clean)`: 1 when splicing the SAE
+costs nothing, 0 when it is as bad as zero-ablating the site.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from rama.hooks.core import HookPoint
+from rama.hooks.model import HookedModel
+from rama.sae.base import SAE
+from rama.sae.harvest import HarvestConfig, batches_with_activations, keep_mask
+
+
+def reconstruction_metrics(sae: SAE, x: torch.Tensor, target: torch.Tensor | None = None) -> dict[str, Any]:
+    """MSE, FVU, explained variance, L0, dead/dense fractions, log-density histogram, shrinkage."""
+    target = x if target is None else target
+    with torch.no_grad():
+        codes = sae.encode(x)
+        reconstruction = sae.decode(codes, x)
+    error = (reconstruction - target).pow(2).sum(-1)
+    variance = (target - target.mean(0)).pow(2).sum(-1)
+    fvu = float(error.sum() / variance.sum())
+    density = (codes > 0).float().mean(0)
+    log_density = torch.log10(density.clamp_min(1e-10))
+    counts, edges = torch.histogram(log_density, bins=20, range=(-10.0, 0.0))
+    return {
+        "mse": float(error.mean()),
+        "fvu": fvu,
+        "explained_variance": 1 - fvu,
+        "l0": float((codes > 0).sum(-1).float().mean()),
+        "dead_fraction": float((density == 0).float().mean()),
+        "dense_fraction": float((density > 0.1).float().mean()),
+        "shrinkage": float((reconstruction.norm(dim=-1) / target.norm(dim=-1).clamp_min(1e-12)).mean()),
+        "log10_density_histogram": {"counts": counts.tolist(), "edges": edges.tolist()},
+        "log10_density": log_density,
+    }
+
+
+def next_token_losses(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """`[batch, pos - 1]` cross-entropy of each next token."""
+    return F.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten(), reduction="none"
+    ).view(tokens.shape[0], -1)
+
+
+def spliced_losses(sae: SAE, model: HookedModel, tokens: torch.Tensor, keep: torch.Tensor) -> dict[str, Any]:
+    """Clean, SAE-spliced and zero-ablated losses, and KL(clean ‖ spliced), for one batch."""
+    site_in = sae.cfg.hook_name
+    site_out = sae.cfg.hook_name_out or site_in
+    captured: dict[str, torch.Tensor] = {}
+
+    def capture(activation: torch.Tensor, hook: HookPoint) -> None:
+        captured["x"] = activation
+
+    def splice(activation: torch.Tensor, hook: HookPoint) -> torch.Tensor:
+        x = captured.get("x", activation)
+        replaced = sae(x.float()).to(activation.dtype)
+        return torch.where(keep[..., None], replaced, activation)
+
+    def ablate(activation: torch.Tensor, hook: HookPoint) -> torch.Tensor:
+        return torch.where(keep[..., None], torch.zeros_like(activation), activation)
+
+    with torch.no_grad():
+        clean = model(tokens)
+        spliced = model.run_with_hooks(tokens, [(site_in, capture), (site_out, splice)])
+        ablated = model.run_with_hooks(tokens, [(site_out, ablate)])
+    kl = F.kl_div(
+        spliced.float().log_softmax(-1), clean.float().log_softmax(-1), log_target=True, reduction="none"
+    )
+    return {
+        "clean": next_token_losses(clean, tokens).mean(),
+        "spliced": next_token_losses(spliced, tokens).mean(),
+        "ablated": next_token_losses(ablated, tokens).mean(),
+        "kl": kl.sum(-1)[keep].mean(),
+    }
+
+
+def evaluate(
+    sae: SAE,
+    model: HookedModel,
+    *,
+    corpus: str | Path | None = None,
+    config: HarvestConfig | None = None,
+) -> dict[str, Any]:
+    """Every metric of `metrics.json` on held-out text (the corpus's test split by default)."""
+    config = config or HarvestConfig(tokens=16_384, split="test", progress=False)
+    site_in = sae.cfg.hook_name
+    sites = [site_in] if not sae.cfg.hook_name_out else [site_in, sae.cfg.hook_name_out]
+    xs, ys, totals = [], [], {"clean": 0.0, "spliced": 0.0, "ablated": 0.0, "kl": 0.0}
+    n_batches = 0
+    for tokens, acts in batches_with_activations(model, sites, config, corpus):
+        keep = keep_mask(tokens, model.tokenizer, config.exclude_special_tokens)
+        xs.append(acts[site_in][keep].float())
+        ys.append(acts[sites[-1]][keep].float())
+        for name, value in spliced_losses(sae, model, tokens, keep).items():
+            totals[name] += float(value)
+        n_batches += 1
+    if not n_batches:
+        raise ValueError("the corpus gave no evaluation batch")
+    metrics = reconstruction_metrics(sae, torch.cat(xs), torch.cat(ys))
+    losses = {name: value / n_batches for name, value in totals.items()}
+    recovered = (losses["ablated"] - losses["spliced"]) / max(losses["ablated"] - losses["clean"], 1e-12)
+    metrics |= {
+        "ce_loss_clean": losses["clean"],
+        "ce_loss_spliced": losses["spliced"],
+        "ce_loss_ablated": losses["ablated"],
+        "ce_loss_recovered": recovered,
+        "kl_spliced": losses["kl"],
+        "eval_tokens": n_batches * config.batch_size * config.context_size,
+    }
+    return metrics

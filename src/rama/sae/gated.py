@@ -1,0 +1,53 @@
+"""Gated SAE (Rajamanoharan et al. 2024a): a gate decides which latents fire, a magnitude path
+(the encoder rescaled by `exp(r_mag)`) decides how much; L1 on the gate, and an auxiliary
+reconstruction through a frozen decoder so the gate learns to reconstruct."""
+
+from __future__ import annotations
+
+import torch
+
+from rama.sae.base import SAE, LossOutput, SAEConfig, TrainState, mse_fvu, register
+
+
+@register("gated")
+class GatedSAE(SAE):
+    training_coefficient = "l1_coefficient"
+
+    def __init__(self, cfg: SAEConfig) -> None:
+        super().__init__(cfg)
+        self.b_gate = torch.nn.Parameter(torch.zeros(cfg.d_sae))
+        self.b_mag = torch.nn.Parameter(torch.zeros(cfg.d_sae))
+        self.r_mag = torch.nn.Parameter(torch.zeros(cfg.d_sae))
+        del self.b_enc  # the gated SAE has b_gate and b_mag instead
+        self.register_parameter("b_enc", None)
+
+    def _centred(self, x: torch.Tensor) -> torch.Tensor:
+        return x - self.b_dec if self.subtracts_b_dec else x
+
+    def gate_and_magnitude(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        centred = self._centred(x)
+        gate = centred @ self.W_enc + self.b_gate
+        magnitude = centred @ (self.W_enc * self.r_mag.exp()) + self.b_mag
+        return gate, magnitude
+
+    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gate_and_magnitude(x)[1]
+
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:  # pragma: no cover - encode is overridden
+        raise TypeError("a gated SAE encodes from its input, not from one pre-activation")
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        gate, magnitude = self.gate_and_magnitude(x)
+        return (gate > 0).to(x.dtype) * magnitude.relu()
+
+    def loss(self, x: torch.Tensor, target: torch.Tensor, state: TrainState) -> LossOutput:
+        gate, magnitude = self.gate_and_magnitude(x)
+        codes = (gate > 0).to(x.dtype) * magnitude.relu()
+        reconstruction = self.decode(codes, x)
+        mse, fvu = mse_fvu(reconstruction, target)
+        gate_acts = gate.relu()
+        sparsity = gate_acts.sum(-1).mean()
+        frozen = gate_acts @ self.W_dec.detach() + self.b_dec.detach() + self.skip(x)
+        aux = (frozen - target).pow(2).sum(-1).mean()
+        loss = mse + state.sparsity_scale() * self.cfg.l1_coefficient * sparsity + aux
+        return LossOutput(loss, reconstruction, codes.detach(), {"fvu": fvu.item(), "l1": sparsity.item()})

@@ -1,0 +1,76 @@
+"""JumpReLU SAE (Rajamanoharan et al. 2024): `f = z · H(z − θ)` with a learned threshold per latent,
+trained with an L0 penalty through straight-through estimators (rectangle kernel, bandwidth ε)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from rama.sae.base import SAE, LossOutput, SAEConfig, TrainState, mse_fvu, register
+
+
+def _rectangle(u: torch.Tensor) -> torch.Tensor:
+    return ((u > -0.5) & (u < 0.5)).to(u.dtype)
+
+
+class _JumpReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, z: torch.Tensor, threshold: torch.Tensor, bandwidth: float) -> torch.Tensor:
+        ctx.save_for_backward(z, threshold)
+        ctx.bandwidth = bandwidth
+        return z * (z > threshold)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Any:
+        z, threshold = ctx.saved_tensors
+        eps = ctx.bandwidth
+        grad_z = grad * (z > threshold)
+        grad_threshold = -(threshold / eps) * _rectangle((z - threshold) / eps) * grad
+        return grad_z, grad_threshold.reshape(-1, threshold.shape[-1]).sum(0), None
+
+
+class _Step(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, z: torch.Tensor, threshold: torch.Tensor, bandwidth: float) -> torch.Tensor:
+        ctx.save_for_backward(z, threshold)
+        ctx.bandwidth = bandwidth
+        return (z > threshold).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Any:
+        z, threshold = ctx.saved_tensors
+        eps = ctx.bandwidth
+        grad_threshold = -(1.0 / eps) * _rectangle((z - threshold) / eps) * grad
+        return torch.zeros_like(z), grad_threshold.reshape(-1, threshold.shape[-1]).sum(0), None
+
+
+@register("jumprelu")
+class JumpReLUSAE(SAE):
+    training_coefficient = "l0_coefficient"
+
+    def __init__(self, cfg: SAEConfig) -> None:
+        super().__init__(cfg)
+        self.log_threshold = torch.nn.Parameter(
+            torch.full((cfg.d_sae,), float(torch.tensor(cfg.initial_threshold).log()))
+        )
+
+    @property
+    def threshold(self) -> torch.Tensor:
+        return self.log_threshold.exp()
+
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        return pre * (pre > self.threshold)
+
+    def loss(self, x: torch.Tensor, target: torch.Tensor, state: TrainState) -> LossOutput:
+        pre = self.pre_activations(x)
+        threshold = self.threshold
+        codes = _JumpReLU.apply(pre, threshold, self.cfg.jumprelu_bandwidth)
+        reconstruction = self.decode(codes, x)
+        mse, fvu = mse_fvu(reconstruction, target)
+        l0 = _Step.apply(pre, threshold, self.cfg.jumprelu_bandwidth).sum(-1).mean()
+        loss = mse + state.sparsity_scale() * self.cfg.l0_coefficient * l0
+        return LossOutput(loss, reconstruction, codes.detach(), {"fvu": fvu.item(), "l0": l0.item()})
+
+    def threshold_for_export(self) -> torch.Tensor | None:
+        return self.threshold.detach().clone()

@@ -1,0 +1,125 @@
+"""From text to a trained, evaluated SAE: harvest once, train one SAE per (site, config), evaluate.
+
+An output folder holds `cfg.json` + `sae_weights.safetensors` (SAELens v6 layout), `sparsity.safetensors`,
+`metrics.json`, `metrics.jsonl` (training curve), `train_config.json`; `checkpoint/` while training.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rama.hooks.model import HookedModel
+from rama.sae.base import SAE
+from rama.sae.evaluate import evaluate
+from rama.sae.harvest import HarvestConfig, harvest
+from rama.sae.training import TrainConfig, atomic_write_bytes, fit
+
+
+class OutputExistsError(FileExistsError):
+    pass
+
+
+def check_output(out: Path) -> None:
+    if (out / "cfg.json").exists():
+        raise OutputExistsError(
+            f"{str(out)!r} already holds a trained SAE; choose another --out or delete it first"
+        )
+
+
+def train(
+    model: HookedModel,
+    site: str,
+    out: str | Path,
+    *,
+    config: TrainConfig | None = None,
+    corpus: str | Path | None = None,
+    harvest_config: HarvestConfig | None = None,
+    eval_tokens: int = 16_384,
+    site_out: str | None = None,
+) -> tuple[SAE, dict[str, Any]]:
+    """Train one SAE (or transcoder `site -> site_out`) on the model's activations and evaluate it."""
+    [result] = train_many(
+        model,
+        [(site, site_out, config or TrainConfig(), Path(out))],
+        corpus=corpus,
+        harvest_config=harvest_config,
+        eval_tokens=eval_tokens,
+    )
+    return result
+
+
+def train_many(
+    model: HookedModel,
+    jobs: list[tuple[str, str | None, TrainConfig, Path]],
+    *,
+    corpus: str | Path | None = None,
+    harvest_config: HarvestConfig | None = None,
+    eval_tokens: int = 16_384,
+) -> list[tuple[SAE, dict[str, Any]]]:
+    """Several SAEs (sites, widths, sparsities) from one pass over the model."""
+    for _, _, _, out in jobs:
+        check_output(out)
+    sites = sorted({s for site, site_out, _, _ in jobs for s in (site, site_out) if s}, key=model.sites.index)
+    tokens = max(config.total_tokens for _, _, config, _ in jobs)
+    harvest_config = harvest_config or HarvestConfig(tokens=tokens)
+    start = time.perf_counter()
+    acts = harvest(model, sites, harvest_config, corpus)
+    harvest_seconds = time.perf_counter() - start
+    results = []
+    for site, site_out, config, out in jobs:
+        results.append(
+            _train_one(
+                model, acts, site, site_out, config, out, corpus, harvest_config, eval_tokens, harvest_seconds
+            )
+        )
+    return results
+
+
+def _train_one(
+    model: HookedModel,
+    acts: dict[str, torch.Tensor],
+    site: str,
+    site_out: str | None,
+    config: TrainConfig,
+    out: Path,
+    corpus: str | Path | None,
+    harvest_config: HarvestConfig,
+    eval_tokens: int,
+    harvest_seconds: float,
+) -> tuple[SAE, dict[str, Any]]:
+    config = replace(config, checkpoint_dir=str(out / "checkpoint"))
+    meta = {
+        "model_name": model.cfg.name,
+        "hook_name": site,
+        "hook_name_out": site_out or "",
+        "context_size": harvest_config.context_size,
+        "prepend_bos": True,
+        "exclude_special_tokens": harvest_config.exclude_special_tokens,
+    }
+    start = time.perf_counter()
+    sae = fit(acts[site], acts[site_out] if site_out else None, config=config, metadata=meta)
+    train_seconds = time.perf_counter() - start
+    eval_config = replace(harvest_config, tokens=eval_tokens, split="test", progress=False)
+    metrics = evaluate(sae, model, corpus=corpus, config=eval_config)
+    density = metrics.pop("log10_density")
+    trained_tokens = config.total_steps() * config.batch_size
+    metrics |= {
+        "tokens": trained_tokens,
+        "harvested_tokens": int(acts[site].shape[0]),
+        "tokens_per_s": trained_tokens / (harvest_seconds + train_seconds),
+        "harvest_seconds": harvest_seconds,
+        "train_seconds": train_seconds,
+    }
+    sae.save(out, sparsity=density)
+    atomic_write_bytes(out / "metrics.json", json.dumps(metrics, indent=2).encode())
+    atomic_write_bytes(out / "train_config.json", json.dumps(asdict(config), indent=2).encode())
+    checkpoint = out / "checkpoint" / "checkpoint.pt"
+    if checkpoint.exists():
+        checkpoint.unlink()
+    return sae, metrics

@@ -1,0 +1,303 @@
+"""Training an SAE or transcoder on activations: `fit(activations, ...)`, no model involved.
+
+Reproducible bit for bit on the CPU from `seed`; checkpoints are written atomically and a killed
+run resumes from its last one to the same final weights. Inputs are scaled to E‖x‖² = d_in while
+training and the scale is folded back into the weights, so the returned SAE works on raw activations.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from rama.sae.base import SAE, SAEConfig, TrainState, sae_class
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters; the defaults are each architecture's published recipe where one exists."""
+
+    architecture: str = "topk"
+    d_sae: int = 4096
+    k: int | None = 32
+    l1_coefficient: float = 0.0
+    l0_coefficient: float = 0.0
+    lr: float | None = None  # None: 2e-4 / sqrt(d_sae / 16384) (Gao et al. 2024)
+    batch_size: int = 4096
+    total_tokens: int = 2_000_000
+    lr_warmup_fraction: float = 0.01
+    lr_decay_fraction: float = 0.2
+    sparsity_warmup_fraction: float = 0.05
+    dead_after_tokens: int | None = None  # None: min(1M, total_tokens / 4)
+    b_dec_init: str = "geometric_median"  # or "mean", "zeros"
+    normalize: bool = True
+    skip_connection: bool = False
+    seed: int = 0
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 100  # steps
+    log_every: int = 10
+    progress: bool = True
+    sae_extra: dict[str, Any] = field(default_factory=dict)
+
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else 2e-4 / math.sqrt(self.d_sae / 16384)
+
+    def total_steps(self) -> int:
+        return max(1, self.total_tokens // self.batch_size)
+
+
+def lr_factor(step: int, total: int, warmup: float, decay: float) -> float:
+    warm = max(1, int(total * warmup))
+    decay_start = int(total * (1 - decay))
+    if step < warm:
+        return (step + 1) / warm
+    if decay > 0 and step >= decay_start:
+        return max(0.0, (total - step) / max(1, total - decay_start))
+    return 1.0
+
+
+def geometric_median(points: torch.Tensor, iterations: int = 30) -> torch.Tensor:
+    """Weiszfeld's algorithm: the point minimising the summed distance to `points` `[n, d]`."""
+    median = points.mean(0)
+    for _ in range(iterations):
+        weights = 1 / (points - median).norm(dim=1).clamp_min(1e-6)
+        median = (weights[:, None] * points).sum(0) / weights.sum()
+    return median
+
+
+def mean_square_scale(data: torch.Tensor) -> float:
+    """The factor c with E‖c·x‖² = d."""
+    return math.sqrt(data.shape[-1] / data.pow(2).sum(-1).mean().clamp_min(1e-12).item())
+
+
+class TensorBatches:
+    """Seeded epochs over in-memory activations; step s always yields the same batch."""
+
+    def __init__(
+        self, inputs: torch.Tensor, targets: torch.Tensor | None, batch_size: int, seed: int
+    ) -> None:
+        if inputs.ndim != 2:
+            raise ValueError(f"activations must be [n, d_in]; got shape {tuple(inputs.shape)}")
+        if targets is not None and targets.shape[0] != inputs.shape[0]:
+            raise ValueError(f"targets have {targets.shape[0]} rows but activations have {inputs.shape[0]}")
+        if inputs.shape[0] < batch_size:
+            raise ValueError(f"{inputs.shape[0]} activations are fewer than one batch of {batch_size}")
+        self.inputs, self.targets, self.batch_size, self.seed = inputs, targets, batch_size, seed
+        self.per_epoch = inputs.shape[0] // batch_size
+
+    def from_step(self, step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        while True:
+            epoch, offset = divmod(step, self.per_epoch)
+            order = torch.randperm(
+                self.inputs.shape[0], generator=torch.Generator().manual_seed(self.seed + epoch)
+            )
+            rows = order[offset * self.batch_size : (offset + 1) * self.batch_size]
+            x = self.inputs[rows].float()
+            yield x, (x if self.targets is None else self.targets[rows].float())
+            step += 1
+
+
+def build_sae(config: TrainConfig, d_in: int, d_out: int | None, meta: dict[str, Any]) -> SAE:
+    cfg = SAEConfig(
+        d_in=d_in,
+        d_sae=config.d_sae,
+        architecture=config.architecture,
+        d_out=d_out,
+        k=config.k if config.architecture in ("topk", "batchtopk") else None,
+        l1_coefficient=config.l1_coefficient,
+        l0_coefficient=config.l0_coefficient,
+        skip_connection=config.skip_connection,
+        **{**meta, **config.sae_extra},
+    )
+    coefficient = sae_class(cfg.architecture).training_coefficient
+    if coefficient is not None and getattr(cfg, coefficient) <= 0:
+        raise ValueError(f"training a {cfg.architecture!r} SAE needs {coefficient} > 0")
+    torch.manual_seed(config.seed)
+    return SAE.create(cfg)
+
+
+@dataclass
+class Run:
+    """Everything that changes during training: what a checkpoint holds."""
+
+    sae: SAE
+    optimizer: torch.optim.Optimizer
+    state: TrainState
+    scale_in: float
+    scale_out: float
+
+
+def init_run(config: TrainConfig, data: TensorBatches, meta: dict[str, Any]) -> Run:
+    sample_x = data.inputs[: min(len(data.inputs), 65536)].float()
+    sample_y = sample_x if data.targets is None else data.targets[: len(sample_x)].float()
+    scale_in = mean_square_scale(sample_x) if config.normalize else 1.0
+    scale_out = mean_square_scale(sample_y) if config.normalize and data.targets is not None else scale_in
+    d_out = None if data.targets is None else data.targets.shape[1]
+    sae = build_sae(config, data.inputs.shape[1], d_out, meta)
+    init_decoder_bias(sae, sample_y[:8192] * scale_out, config.b_dec_init)
+    optimizer = torch.optim.Adam(sae.parameters(), lr=config.learning_rate(), betas=(0.9, 0.999))
+    dead_after = config.dead_after_tokens or min(1_000_000, config.total_tokens // 4)
+    state = TrainState(
+        0,
+        config.total_steps(),
+        torch.zeros(config.d_sae, dtype=torch.long),
+        dead_after,
+        config.sparsity_warmup_fraction,
+    )
+    return Run(sae, optimizer, state, scale_in, scale_out)
+
+
+@torch.no_grad()
+def init_decoder_bias(sae: SAE, targets: torch.Tensor, how: str) -> None:
+    if how == "geometric_median":
+        sae.b_dec.copy_(geometric_median(targets))
+    elif how == "mean":
+        sae.b_dec.copy_(targets.mean(0))
+    elif how != "zeros":
+        raise ValueError(f"b_dec_init must be 'geometric_median', 'mean' or 'zeros', not {how!r}")
+
+
+def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, config: TrainConfig) -> dict[str, float]:
+    sae, state = run.sae, run.state
+    for group in run.optimizer.param_groups:
+        group["lr"] = config.learning_rate() * lr_factor(
+            state.step, state.total_steps, config.lr_warmup_fraction, config.lr_decay_fraction
+        )
+    out = sae.loss(x * run.scale_in, y * run.scale_out, state)
+    run.optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    sae.remove_parallel_decoder_grad()
+    run.optimizer.step()
+    sae.normalize_decoder()
+    fired = (out.codes > 0).any(0)
+    assert state.tokens_since_fired is not None
+    state.tokens_since_fired.add_(x.shape[0]).masked_fill_(fired, 0)
+    state.step += 1
+    l0 = (out.codes > 0).sum(-1).float().mean().item()
+    dead = float((state.tokens_since_fired >= state.dead_after_tokens).float().mean())
+    return {"step": state.step, "loss": out.loss.item(), "l0": l0, "dead_fraction": dead, **out.terms}
+
+
+def fit(
+    activations: torch.Tensor,
+    targets: torch.Tensor | None = None,
+    *,
+    config: TrainConfig | None = None,
+    metadata: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> SAE:
+    """Train an SAE on `activations [n, d_in]` (a transcoder when `targets [n, d_out]` is given).
+
+    `fit(acts, architecture="topk", d_sae=4096, k=32, total_tokens=2_000_000)`; keyword overrides
+    apply on top of `config`. The returned SAE works on raw (unscaled) activations, in eval mode.
+    """
+    config = TrainConfig(**{**asdict(config or TrainConfig()), **overrides})
+    data = TensorBatches(activations, targets, config.batch_size, config.seed)
+    checkpoint = Path(config.checkpoint_dir) / "checkpoint.pt" if config.checkpoint_dir else None
+    run = init_run(config, data, metadata or {})
+    if checkpoint is not None and checkpoint.exists():
+        load_checkpoint(run, checkpoint)
+    run_steps(run, data, config, checkpoint)
+    return finish(run)
+
+
+def run_steps(run: Run, data: TensorBatches, config: TrainConfig, checkpoint: Path | None) -> None:
+    metrics_path = checkpoint.parent / "metrics.jsonl" if checkpoint else None
+    if metrics_path is not None:
+        metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        trim_metrics(metrics_path, run.state.step)
+    bar = tqdm(total=run.state.total_steps, initial=run.state.step, disable=not config.progress, unit="step")
+    start, start_step = time.perf_counter(), run.state.step
+    batches = data.from_step(run.state.step)
+    while run.state.step < run.state.total_steps:
+        x, y = next(batches)
+        record = train_step(run, x, y, config)
+        bar.update(1)
+        if run.state.step % config.log_every == 0 or run.state.step == run.state.total_steps:
+            rate = (run.state.step - start_step) * config.batch_size / max(time.perf_counter() - start, 1e-9)
+            record["tokens_per_s"] = rate
+            bar.set_postfix(
+                tok_s=f"{rate:.0f}",
+                l0=f"{record['l0']:.1f}",
+                fvu=f"{record.get('fvu', 0):.3f}",
+                dead=f"{record['dead_fraction']:.2f}",
+            )
+            if metrics_path is not None:
+                with open(metrics_path, "a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+        if checkpoint is not None and run.state.step % config.checkpoint_every == 0:
+            save_checkpoint(run, checkpoint)
+    bar.close()
+
+
+def trim_metrics(path: Path, step: int) -> None:
+    """After a resume, drop metric lines the resumed run will write again."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+    atomic_write_bytes(path, ("\n".join(kept) + "\n" if kept else "").encode())
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(handle, "wb") as stream:
+        stream.write(data)
+    os.replace(temporary, path)
+
+
+def save_checkpoint(run: Run, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".checkpoint.")
+    os.close(handle)
+    torch.save(
+        {
+            "sae": run.sae.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "step": run.state.step,
+            "tokens_since_fired": run.state.tokens_since_fired,
+            "scale_in": run.scale_in,
+            "scale_out": run.scale_out,
+        },
+        temporary,
+    )
+    os.replace(temporary, path)
+
+
+def load_checkpoint(run: Run, path: Path) -> None:
+    saved = torch.load(path, weights_only=True)
+    run.sae.load_state_dict(saved["sae"])
+    run.optimizer.load_state_dict(saved["optimizer"])
+    run.state.step = int(saved["step"])
+    run.state.tokens_since_fired = saved["tokens_since_fired"]
+    run.scale_in, run.scale_out = float(saved["scale_in"]), float(saved["scale_out"])
+
+
+@torch.no_grad()
+def finish(run: Run) -> SAE:
+    """Fold the training scales into the weights so the SAE reads and writes raw activations."""
+    sae = run.sae
+    fold_scales(sae, run.scale_in, run.scale_out)
+    sae.eval()
+    return sae
+
+
+@torch.no_grad()
+def fold_scales(sae: SAE, scale_in: float, scale_out: float) -> None:
+    """An SAE trained on (c_in·x -> c_out·y) becomes one on (x -> y) with the same codes."""
+    sae.W_enc.mul_(scale_in)
+    sae.W_dec.div_(scale_out)
+    sae.b_dec.div_(scale_out)
+    if sae.W_skip is not None:
+        sae.W_skip.mul_(scale_in / scale_out)
+    sae.cfg.input_scale = scale_in
