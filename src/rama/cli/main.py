@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from rama import __version__
-from rama.cli import demo, inspect
+from rama.cli import demo, inspect, sae
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     inspect.register(subparsers)
     demo.register(subparsers)
+    sae.register(subparsers)
     return parser
 
 
@@ -31,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.handler(args))
-    except (ValueError, KeyError, FileNotFoundError, TypeError) as error:
+    except (ValueError, KeyError, OSError, TypeError) as error:
         print(f"rama: error: {error}", file=sys.stderr)
         return 1
 
