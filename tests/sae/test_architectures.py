@@ -69,7 +69,7 @@ def test_topk_encode_keeps_exactly_k_and_decode_shapes() -> None:
 def test_sparse_decode_equals_dense_decode() -> None:
     from rama.sae.topk import dense_codes, sparse_decode
 
-    W_dec = torch.randn(64, 16)  # noqa: N806
+    W_dec = torch.randn(64, 16)
     values, indices = torch.rand(5, 4), torch.randint(0, 64, (5, 4))
     dense = dense_codes(indices, values, 64) @ W_dec
     torch.testing.assert_close(sparse_decode(indices, values, W_dec), dense, rtol=1e-5, atol=1e-5)

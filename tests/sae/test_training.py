@@ -77,9 +77,7 @@ def test_scale_is_folded_so_the_sae_reads_raw_activations() -> None:
     on_unit = fit(x, **options)
     assert abs(on_raw.cfg.input_scale * 37.0 - mean_square_scale(x)) < 1e-3 * mean_square_scale(x)
     with torch.no_grad():
-        torch.testing.assert_close(
-            on_raw.encode(37.0 * x), on_unit.encode(x), rtol=1e-3, atol=1e-3
-        )
+        torch.testing.assert_close(on_raw.encode(37.0 * x), on_unit.encode(x), rtol=1e-3, atol=1e-3)
         torch.testing.assert_close(on_raw(37.0 * x), 37.0 * on_unit(x), rtol=1e-3, atol=1e-2)
 
 

@@ -32,7 +32,9 @@ class SAETrainOptions:
 
 @dataclass(frozen=True)
 class SAEEvalOptions:
-    folder: str = option("rama-sae", "a saved SAE folder (rama, SAELens, sparsify, Gemma Scope …)", positional=True)
+    folder: str = option(
+        "rama-sae", "a saved SAE folder (rama, SAELens, sparsify, Gemma Scope …)", positional=True
+    )
     model: str | None = option(None, "model (default: the model named in the SAE's cfg)")
     site: str | None = option(None, "site (default: the SAE's hook_name)")
     eval_tokens: int = option(16_384, "held-out tokens")
@@ -43,7 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("sae", help="train and evaluate sparse autoencoders and transcoders")
     commands = parser.add_subparsers(dest="sae_command", metavar="SAE_COMMAND")
     train_parser = commands.add_parser(
-        "train", help="harvest activations, train an SAE, write it with metrics.json",
+        "train",
+        help="harvest activations, train an SAE, write it with metrics.json",
         epilog="example: rama sae train --site blocks.9.hook_resid_post --arch topk --width 4608 --k 32 "
         "--tokens 2000000 --out sae-l9",
     )
@@ -61,14 +64,29 @@ def run_train(options: SAETrainOptions) -> int:
     from rama.sae import HarvestConfig, TrainConfig, train
 
     config = TrainConfig(
-        architecture=options.arch, d_sae=options.width, k=options.k, l1_coefficient=options.l1,
-        l0_coefficient=options.l0, skip_connection=options.skip, total_tokens=options.tokens,
-        batch_size=options.batch_size, lr=options.lr, seed=options.seed,
+        architecture=options.arch,
+        d_sae=options.width,
+        k=options.k,
+        l1_coefficient=options.l1,
+        l0_coefficient=options.l0,
+        skip_connection=options.skip,
+        total_tokens=options.tokens,
+        batch_size=options.batch_size,
+        lr=options.lr,
+        seed=options.seed,
     )
     model = load(options.model)
     harvest_config = HarvestConfig(tokens=options.harvest_tokens or options.tokens, seed=options.seed)
-    _, metrics = train(model, model.resolve(options.site)[0], options.out, config=config, corpus=options.corpus,
-                       harvest_config=harvest_config, eval_tokens=options.eval_tokens, site_out=options.site_out)
+    _, metrics = train(
+        model,
+        model.resolve(options.site)[0],
+        options.out,
+        config=config,
+        corpus=options.corpus,
+        harvest_config=harvest_config,
+        eval_tokens=options.eval_tokens,
+        site_out=options.site_out,
+    )
     print_metrics(metrics)
     print(f"wrote {Path(options.out) / 'metrics.json'}")
     return 0
@@ -87,9 +105,9 @@ def run_eval(options: SAEEvalOptions) -> int:
     if site not in model.sites:
         raise ValueError(f"site {site!r} is not a site of {model_name}; pass --site")
     sae.cfg.hook_name = site
-    d_model = model.cfg.d_model if "resid" in site or site.endswith("_out") else None
-    if d_model is not None and d_model != sae.cfg.d_in:
-        raise ValueError(f"the SAE reads d_in={sae.cfg.d_in} but {site} of {model_name} has width {d_model}")
+    width = model.site_shape(site)[-1]
+    if width != sae.cfg.d_in:
+        raise ValueError(f"the SAE reads d_in={sae.cfg.d_in} but {site} of {model_name} has width {width}")
     config = HarvestConfig(tokens=options.eval_tokens, split="test", progress=False)
     metrics = evaluate(sae, model, corpus=options.corpus, config=config)
     metrics.pop("log10_density")

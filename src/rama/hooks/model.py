@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from rama.hooks.cache import ActivationCache, recorder
-from rama.hooks.core import Attachment, HookFn, StopForward, attach_plan, unknown_site_error
+from rama.hooks.core import Attachment, HookFn, HookPoint, StopForward, attach_plan, unknown_site_error
 from rama.hooks.tokens import Batch, Inputs, pad_id, tokenize
 from rama.models.config import ModelConfig
 from rama.models.loading import load_hf
@@ -76,6 +76,15 @@ class HookedModel:
                 raise unknown_site_error(name, self.sites)
             out.extend(m for m in matches if m not in out)
         return out
+
+    def site_shape(self, site: str) -> tuple[int, ...]:
+        """The shape of a site's activation for a `[1, 2]` token input (so `[-1]` is its width)."""
+        [name] = self.resolve([site])
+        tokens = torch.zeros(1, 2, dtype=torch.long)
+        layer = HookPoint(name).layer()
+        with torch.no_grad():
+            _, cache = self.run_with_cache(tokens, [name], stop_at_layer=None if layer is None else layer + 1)
+        return tuple(cache[name].shape)
 
     # ---- tokens --------------------------------------------------------------------------------
 

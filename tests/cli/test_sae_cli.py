@@ -1,0 +1,88 @@
+"""`rama sae train` and `rama sae eval` as a user runs them, on SmolLM2 with a small budget."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+KEYS = {
+    "fvu",
+    "mse",
+    "l0",
+    "dead_fraction",
+    "ce_loss_clean",
+    "ce_loss_spliced",
+    "ce_loss_ablated",
+    "ce_loss_recovered",
+    "kl_spliced",
+    "tokens",
+    "tokens_per_s",
+}
+
+
+def rama_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "rama.cli.main", *args], capture_output=True, text=True)
+
+
+def test_train_writes_an_saelens_folder_with_metrics_then_refuses_to_overwrite(
+    tmp_path: Path, smollm: object
+) -> None:
+    out = tmp_path / "sae"
+    args = [
+        "sae",
+        "train",
+        "--site",
+        "blocks.3.hook_resid_post",
+        "--arch",
+        "topk",
+        "--width",
+        "512",
+        "--k",
+        "16",
+        "--tokens",
+        "40000",
+        "--harvest-tokens",
+        "10240",
+        "--batch-size",
+        "1024",
+        "--eval-tokens",
+        "2048",
+        "--out",
+        str(out),
+    ]
+    result = rama_cli(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) >= KEYS
+    assert metrics["l0"] == pytest.approx(16, abs=0.5) and metrics["fvu"] < 0.8
+    assert 0.3 < metrics["ce_loss_recovered"] <= 1.0
+    assert {"cfg.json", "sae_weights.safetensors", "sparsity.safetensors"} <= {p.name for p in out.iterdir()}
+    again = rama_cli(*args)
+    assert again.returncode == 1 and "already holds a trained SAE" in again.stderr
+    evaluated = rama_cli("sae", "eval", str(out), "--eval-tokens", "2048")
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert "ce_loss_recovered" in evaluated.stdout
+
+
+def test_eval_refuses_an_sae_of_the_wrong_width(tmp_path: Path, smollm: object) -> None:
+    from rama.sae import SAE, SAEConfig
+
+    SAE.create(
+        SAEConfig(
+            d_in=100,
+            d_sae=200,
+            architecture="topk",
+            k=4,
+            model_name="smollm2-135m",
+            hook_name="blocks.0.hook_resid_post",
+        )
+    ).save(tmp_path / "s")
+    result = rama_cli("sae", "eval", str(tmp_path / "s"))
+    assert result.returncode == 1 and "d_in=100" in result.stderr and "width 576" in result.stderr
+    result = rama_cli("sae", "eval", str(tmp_path / "s"), "--site", "blocks.0.hook_resid_psot")
+    assert result.returncode == 1 and "not a site" in result.stderr
