@@ -22,7 +22,9 @@ def plot_curve(folder: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [json.loads(line) for line in (folder / "checkpoint" / "metrics.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line) for line in (folder / "checkpoint" / "metrics.jsonl").read_text().splitlines()
+    ]
     config = json.loads((folder / "train_config.json").read_text())
     tokens = [r["step"] * config["batch_size"] / 1e6 for r in records]
     figure, axis = plt.subplots(figsize=(6, 4))
@@ -34,7 +36,9 @@ def plot_curve(folder: Path, title: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tokens", type=int, default=2_000_000)
     parser.add_argument("--arch", default="topk")
     parser.add_argument("--width", type=int, default=4608)
@@ -46,12 +50,20 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/sae-quality")
     args = parser.parse_args()
     model = rama.load("smollm2-135m")
-    config = TrainConfig(architecture=args.arch, d_sae=args.width, k=args.k, l1_coefficient=args.l1,
-                         l0_coefficient=args.l0, total_tokens=args.tokens, batch_size=4096)
+    config = TrainConfig(
+        architecture=args.arch,
+        d_sae=args.width,
+        k=args.k,
+        l1_coefficient=args.l1,
+        l0_coefficient=args.l0,
+        total_tokens=args.tokens,
+        batch_size=4096,
+    )
     harvest_config = HarvestConfig(tokens=args.tokens, dtype="float16")
     out = Path(args.out)
-    _, metrics = train(model, args.site, out, config=config, harvest_config=harvest_config,
-                       eval_tokens=args.eval_tokens)
+    _, metrics = train(
+        model, args.site, out, config=config, harvest_config=harvest_config, eval_tokens=args.eval_tokens
+    )
     plot_curve(out, f"{args.arch} SAE, {args.width} latents, {args.site}")
     metrics.pop("log10_density_histogram")
     print(json.dumps(metrics, indent=2))

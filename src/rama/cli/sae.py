@@ -27,6 +27,11 @@ class SAETrainOptions:
     eval_tokens: int = option(16_384, "held-out tokens for metrics.json")
     corpus: str | None = option(None, "corpus file/folder (default: the built-in English corpus)")
     seed: int = option(0, "seed for data order and initialisation")
+    stream: bool = option(
+        True,
+        "harvest in a background thread into a shuffle buffer (flat memory); "
+        "--no-stream harvests everything first, in memory",
+    )
     out: str = option("rama-sae", "output folder (must not hold a finished run; a killed run resumes)")
 
 
@@ -76,7 +81,8 @@ def run_train(options: SAETrainOptions) -> int:
         seed=options.seed,
     )
     model = load(options.model)
-    harvest_config = HarvestConfig(tokens=options.harvest_tokens or options.tokens, seed=options.seed)
+    default_harvest = options.tokens + 262_144 if options.stream else options.tokens
+    harvest_config = HarvestConfig(tokens=options.harvest_tokens or default_harvest, seed=options.seed)
     _, metrics = train(
         model,
         model.resolve(options.site)[0],

@@ -18,7 +18,8 @@ from rama.hooks.model import HookedModel
 from rama.sae.base import SAE
 from rama.sae.evaluate import evaluate
 from rama.sae.harvest import HarvestConfig, harvest
-from rama.sae.training import TrainConfig, atomic_write_bytes, fit
+from rama.sae.stream import StreamingBatches
+from rama.sae.training import BatchSource, TrainConfig, atomic_write_bytes, fit
 
 
 class OutputExistsError(FileExistsError):
@@ -42,8 +43,24 @@ def train(
     harvest_config: HarvestConfig | None = None,
     eval_tokens: int = 16_384,
     site_out: str | None = None,
+    stream: bool = False,
 ) -> tuple[SAE, dict[str, Any]]:
-    """Train one SAE (or transcoder `site -> site_out`) on the model's activations and evaluate it."""
+    """Train one SAE (or transcoder `site -> site_out`) on the model's activations and evaluate it.
+
+    `stream=True` harvests in a background thread into a shuffle buffer while training: memory stays
+    flat however many tokens are used. Otherwise activations are harvested first, in memory.
+    """
+    config = config or TrainConfig()
+    if stream:
+        out = Path(out)
+        check_output(out)
+        harvest_config = harvest_config or HarvestConfig(tokens=config.total_tokens + 262_144)
+        source = StreamingBatches(
+            model, site, site_out, harvest_config, config.batch_size, corpus=corpus, seed=config.seed
+        )
+        return _train_one(
+            model, source, None, site, site_out, config, out, corpus, harvest_config, eval_tokens, 0.0
+        )
     [result] = train_many(
         model,
         [(site, site_out, config or TrainConfig(), Path(out))],
@@ -75,7 +92,17 @@ def train_many(
     for site, site_out, config, out in jobs:
         results.append(
             _train_one(
-                model, acts, site, site_out, config, out, corpus, harvest_config, eval_tokens, harvest_seconds
+                model,
+                acts[site],
+                acts[site_out] if site_out else None,
+                site,
+                site_out,
+                config,
+                out,
+                corpus,
+                harvest_config,
+                eval_tokens,
+                harvest_seconds,
             )
         )
     return results
@@ -83,7 +110,8 @@ def train_many(
 
 def _train_one(
     model: HookedModel,
-    acts: dict[str, torch.Tensor],
+    inputs: torch.Tensor | BatchSource,
+    targets: torch.Tensor | None,
     site: str,
     site_out: str | None,
     config: TrainConfig,
@@ -103,7 +131,7 @@ def _train_one(
         "exclude_special_tokens": harvest_config.exclude_special_tokens,
     }
     start = time.perf_counter()
-    sae = fit(acts[site], acts[site_out] if site_out else None, config=config, metadata=meta)
+    sae = fit(inputs, targets, config=config, metadata=meta)
     train_seconds = time.perf_counter() - start
     eval_config = replace(harvest_config, tokens=eval_tokens, split="test", progress=False)
     metrics = evaluate(sae, model, corpus=corpus, config=eval_config)
@@ -111,7 +139,7 @@ def _train_one(
     trained_tokens = config.total_steps() * config.batch_size
     metrics |= {
         "tokens": trained_tokens,
-        "harvested_tokens": int(acts[site].shape[0]),
+        "harvested_tokens": int(inputs.shape[0] if isinstance(inputs, torch.Tensor) else trained_tokens),
         "tokens_per_s": trained_tokens / (harvest_seconds + train_seconds),
         "harvest_seconds": harvest_seconds,
         "train_seconds": train_seconds,

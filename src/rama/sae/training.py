@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from tqdm import tqdm
@@ -80,6 +80,15 @@ def mean_square_scale(data: torch.Tensor) -> float:
     return math.sqrt(data.shape[-1] / data.pow(2).sum(-1).mean().clamp_min(1e-12).item())
 
 
+class BatchSource(Protocol):
+    """Where training batches come from. `inputs`/`targets` are (at least) a sample for statistics."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor | None
+
+    def from_step(self, step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+
 class TensorBatches:
     """Seeded epochs over in-memory activations; step s always yields the same batch."""
 
@@ -137,7 +146,7 @@ class Run:
     scale_out: float
 
 
-def init_run(config: TrainConfig, data: TensorBatches, meta: dict[str, Any]) -> Run:
+def init_run(config: TrainConfig, data: BatchSource, meta: dict[str, Any]) -> Run:
     sample_x = data.inputs[: min(len(data.inputs), 65536)].float()
     sample_y = sample_x if data.targets is None else data.targets[: len(sample_x)].float()
     scale_in = mean_square_scale(sample_x) if config.normalize else 1.0
@@ -189,20 +198,25 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, config: TrainConfig) 
 
 
 def fit(
-    activations: torch.Tensor,
+    activations: torch.Tensor | BatchSource,
     targets: torch.Tensor | None = None,
     *,
     config: TrainConfig | None = None,
     metadata: dict[str, Any] | None = None,
     **overrides: Any,
 ) -> SAE:
-    """Train an SAE on `activations [n, d_in]` (a transcoder when `targets [n, d_out]` is given).
+    """Train an SAE on `activations [n, d_in]` (a transcoder when `targets [n, d_out]` is given), or
+    on a streaming `BatchSource` (see `rama.sae.stream.StreamingBatches`).
 
     `fit(acts, architecture="topk", d_sae=4096, k=32, total_tokens=2_000_000)`; keyword overrides
     apply on top of `config`. The returned SAE works on raw (unscaled) activations, in eval mode.
     """
     config = TrainConfig(**{**asdict(config or TrainConfig()), **overrides})
-    data = TensorBatches(activations, targets, config.batch_size, config.seed)
+    data: BatchSource = (
+        TensorBatches(activations, targets, config.batch_size, config.seed)
+        if isinstance(activations, torch.Tensor)
+        else activations
+    )
     checkpoint = Path(config.checkpoint_dir) / "checkpoint.pt" if config.checkpoint_dir else None
     run = init_run(config, data, metadata or {})
     if checkpoint is not None and checkpoint.exists():
@@ -211,7 +225,7 @@ def fit(
     return finish(run)
 
 
-def run_steps(run: Run, data: TensorBatches, config: TrainConfig, checkpoint: Path | None) -> None:
+def run_steps(run: Run, data: BatchSource, config: TrainConfig, checkpoint: Path | None) -> None:
     metrics_path = checkpoint.parent / "metrics.jsonl" if checkpoint else None
     if metrics_path is not None:
         metrics_path.parent.mkdir(parents=True, exist_ok=True)
@@ -220,7 +234,13 @@ def run_steps(run: Run, data: TensorBatches, config: TrainConfig, checkpoint: Pa
     start, start_step = time.perf_counter(), run.state.step
     batches = data.from_step(run.state.step)
     while run.state.step < run.state.total_steps:
-        x, y = next(batches)
+        batch = next(batches, None)
+        if batch is None:
+            raise ValueError(
+                f"the activation stream ended after {run.state.step} of {run.state.total_steps} steps; "
+                f"harvest more tokens than total_tokens"
+            )
+        x, y = batch
         record = train_step(run, x, y, config)
         bar.update(1)
         if run.state.step % config.log_every == 0 or run.state.step == run.state.total_steps:
