@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from rama import __version__
 from rama.sae.base import SAE, SAEConfig
 
 # rama architecture -> SAELens v6 name (BatchTopK is saved as the JumpReLU it is at inference)
@@ -63,7 +64,10 @@ def saelens_cfg(sae: SAE) -> dict[str, Any]:
             "context_size": c.context_size,
             "prepend_bos": c.prepend_bos,
             "exclude_special_tokens": c.exclude_special_tokens,
+            # the cfg.json layout version SAELens keys its parsing on (v6), not a claim to be SAELens
+            "sae_lens_version": "6.0.0",
             "sae_lens_training_version": None,
+            "rama_version": __version__,
         },
         "rama": c.to_dict(),
     }
