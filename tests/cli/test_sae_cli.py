@@ -61,7 +61,9 @@ def test_train_writes_an_saelens_folder_with_metrics_then_refuses_to_overwrite(
     assert set(metrics) >= KEYS
     assert metrics["l0"] == pytest.approx(16, abs=0.5) and metrics["fvu"] < 0.8
     assert 0.3 < metrics["ce_loss_recovered"] <= 1.0
-    assert {"cfg.json", "sae_weights.safetensors", "sparsity.safetensors"} <= {p.name for p in out.iterdir()}
+    files = {p.name for p in out.iterdir()}
+    assert {"cfg.json", "sae_weights.safetensors", "sparsity.safetensors", "metrics.jsonl"} <= files
+    assert "checkpoint" not in files  # a finished run leaves no checkpoint behind
     again = rama_cli(*args)
     assert again.returncode == 1 and "already holds a trained SAE" in again.stderr
     evaluated = rama_cli("sae", "eval", str(out), "--eval-tokens", "2048")

@@ -96,6 +96,10 @@ def evaluate(
     xs, ys, totals = [], [], {"clean": 0.0, "spliced": 0.0, "ablated": 0.0, "kl": 0.0}
     n_batches = 0
     for tokens, acts in batches_with_activations(model, sites, config, corpus):
+        if acts[site_in].shape[-1] != sae.cfg.d_in:
+            raise ValueError(
+                f"the SAE reads d_in={sae.cfg.d_in} but {site_in} has width {acts[site_in].shape[-1]}"
+            )
         keep = keep_mask(tokens, model.tokenizer, config.exclude_special_tokens)
         xs.append(acts[site_in][keep].float())
         ys.append(acts[sites[-1]][keep].float())

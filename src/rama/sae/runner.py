@@ -7,6 +7,8 @@ An output folder holds `cfg.json` + `sae_weights.safetensors` (SAELens v6 layout
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -147,7 +149,8 @@ def _train_one(
     sae.save(out, sparsity=density)
     atomic_write_bytes(out / "metrics.json", json.dumps(metrics, indent=2).encode())
     atomic_write_bytes(out / "train_config.json", json.dumps(asdict(config), indent=2).encode())
-    checkpoint = out / "checkpoint" / "checkpoint.pt"
-    if checkpoint.exists():
-        checkpoint.unlink()
+    finished = out / "checkpoint"
+    if (finished / "metrics.jsonl").exists():
+        os.replace(finished / "metrics.jsonl", out / "metrics.jsonl")
+    shutil.rmtree(finished, ignore_errors=True)
     return sae, metrics
