@@ -133,7 +133,8 @@ def run_saelens(hf_model: Any, tokenizer: Any, corpus: Path, args: Any) -> float
 def run_sparsify(hf_model: Any, tokenizer: Any, corpus: Path, args: Any) -> float | None:
     try:
         from datasets import load_dataset
-        from sparsify import SaeConfig, Trainer, TrainConfig as SparsifyConfig
+        from sparsify import SaeConfig, Trainer
+        from sparsify import TrainConfig as SparsifyConfig
         from sparsify.data import chunk_and_tokenize
     except ImportError:
         return None
