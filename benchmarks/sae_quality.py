@@ -22,9 +22,9 @@ def plot_curve(folder: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [
-        json.loads(line) for line in (folder / "checkpoint" / "metrics.jsonl").read_text().splitlines()
-    ]
+    log = folder / "metrics.jsonl"
+    log = log if log.exists() else folder / "checkpoint" / "metrics.jsonl"
+    records = [json.loads(line) for line in log.read_text().splitlines()]
     config = json.loads((folder / "train_config.json").read_text())
     tokens = [r["step"] * config["batch_size"] / 1e6 for r in records]
     figure, axis = plt.subplots(figsize=(6, 4))

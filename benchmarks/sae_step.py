@@ -40,10 +40,11 @@ def held_out_scores(
 ) -> dict[str, float]:
     with torch.no_grad():
         error = (reconstruct(x) - x).pow(2).sum()
-        fired = (codes(x) > 0).any(0)
+        active = codes(x) > 0
     return {
         "fvu": float(error / (x - x.mean(0)).pow(2).sum()),
-        "dead_fraction": float(1 - fired.float().mean()),
+        "dead_fraction": float(1 - active.any(0).float().mean()),
+        "l0": float(active.sum(-1).float().mean()),
     }
 
 
@@ -151,6 +152,7 @@ def main() -> None:
         "--harvest", type=int, default=73_728, help="activations harvested (train + 8,192 test)"
     )
     parser.add_argument("--json", default=None)
+    parser.add_argument("--only", default=None, help="comma-separated name fragments, e.g. 'TopK'")
     args = parser.parse_args()
     args.lr = 2e-4 / (args.width / 16384) ** 0.5
     model = rama.load("smollm2-135m")
@@ -159,15 +161,22 @@ def main() -> None:
     train, test = data[:-8192], data[-8192:]
     steps = args.tokens // args.batch_size
     shared = batches(train, args.batch_size, steps)
-    results: dict[str, dict[str, float] | None] = {
-        "rama TopK": run_rama("topk", train, test, args, k=args.k),
-        "rama ReLU-L1 (standard)": run_rama("standard", train, test, args, l1_coefficient=2.0),
-        "rama JumpReLU": run_rama("jumprelu", train, test, args, l0_coefficient=2.0),
-        "SAELens TopK": run_saelens("topk", shared, test, args),
-        "SAELens standard": run_saelens("standard", shared, test, args),
-        "sparsify SparseCoder (TopK)": run_sparsify(shared, test, args),
+    runs = {
+        "rama TopK": lambda: run_rama("topk", train, test, args, k=args.k),
+        "rama ReLU-L1 (standard)": lambda: run_rama("standard", train, test, args, l1_coefficient=2.0),
+        "rama JumpReLU": lambda: run_rama("jumprelu", train, test, args, l0_coefficient=2.0),
+        "SAELens TopK": lambda: run_saelens("topk", shared, test, args),
+        "SAELens standard": lambda: run_saelens("standard", shared, test, args),
+        "sparsify SparseCoder (TopK)": lambda: run_sparsify(shared, test, args),
     }
+    wanted = [
+        name for name in runs if args.only is None or any(word in name for word in args.only.split(","))
+    ]
+    results: dict[str, dict[str, float] | None] = {name: runs[name]() for name in wanted}
     machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"machine": machine, "args": vars(args), "results": results}, handle, indent=2)
     print(
         f"\nmachine: {machine}; d_in 576 -> {args.width} latents, k {args.k}, batch {args.batch_size}, "
         f"{args.tokens} tokens on {train.shape[0]} harvested activations"
@@ -178,15 +187,13 @@ def main() -> None:
             print(
                 f"| {name} | {row['tokens_per_s']:.0f} | {row['fvu']:.3f} | {row['l0']:.1f} | {row['dead_fraction']:.1%} |"
             )
-    base = results["rama TopK"]
-    assert base is not None
+    base = results.get("rama TopK")
     for peer in ("SAELens TopK", "sparsify SparseCoder (TopK)"):
-        row = results[peer]
+        row = results.get(peer)
+        if base is None:
+            break
         if row is not None:
             print(f"- rama TopK ÷ {peer} tokens/s: {base['tokens_per_s'] / row['tokens_per_s']:.2f}")
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump({"machine": machine, "args": vars(args), "results": results}, handle, indent=2)
 
 
 if __name__ == "__main__":

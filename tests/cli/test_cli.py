@@ -49,7 +49,9 @@ def test_bad_site_is_an_error_not_a_traceback(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_demo_writes_its_figure_and_summary(tmp_path: Path, smollm: object) -> None:
-    result = rama_cli("demo", "--batches", "1", "--batch-size", "2", "--out", str(tmp_path))
+    result = rama_cli(
+        "demo", "--batches", "1", "--batch-size", "2", "--out", str(tmp_path), "--sae-tokens", "8192"
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["completion"].endswith(tuple(summary["completion"][-40:]))
@@ -57,3 +59,5 @@ def test_demo_writes_its_figure_and_summary(tmp_path: Path, smollm: object) -> N
     assert len(summary["residual_norms"]["position_0"]) == 30 and summary["top_induction_heads"]
     assert max(summary["top_induction_heads"].values()) > 0.5  # SmolLM2 has strong induction heads
     assert (tmp_path / "overview.png").stat().st_size > 20_000
+    assert summary["sae"]["metrics"]["l0"] == pytest.approx(16, abs=0.5)
+    assert (tmp_path / "sae" / "sae_weights.safetensors").exists() and "latent" in result.stdout

@@ -127,3 +127,23 @@ def test_bad_configs_are_refused() -> None:
         )
     with pytest.raises(ValueError, match="fewer than one batch"):
         fit(torch.randn(10, 8), architecture="topk", d_sae=16, k=2, batch_size=1024, progress=False)
+
+
+def test_sparse_encoder_backward_equals_dense_autograd() -> None:
+    from rama.sae.topk import GatherPre
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(12, 8, generator=generator, requires_grad=True)
+    W_enc = torch.randn(8, 30, generator=generator, requires_grad=True)
+    b_enc = torch.randn(30, generator=generator, requires_grad=True)
+    weights = torch.randn(12, 4, generator=generator)
+    with torch.no_grad():
+        pre = x @ W_enc + b_enc
+        indices = pre.topk(4, dim=-1).indices
+    (GatherPre.apply(pre, x, W_enc, b_enc, indices).relu() * weights).sum().backward()
+    ours = [t.grad.clone() for t in (x, W_enc, b_enc)]
+    for t in (x, W_enc, b_enc):
+        t.grad = None
+    ((x @ W_enc + b_enc).gather(1, indices).relu() * weights).sum().backward()
+    for mine, reference in zip(ours, (x.grad, W_enc.grad, b_enc.grad), strict=True):
+        torch.testing.assert_close(mine, reference, rtol=1e-5, atol=1e-5)

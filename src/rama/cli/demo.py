@@ -31,6 +31,8 @@ class DemoConfig:
     batches: int = option(4, "corpus batches to stream through the model")
     batch_size: int = option(8, "contexts per batch")
     context_size: int = option(128, "tokens per context")
+    sae_tokens: int = option(100_000, "tokens to train the demo's TopK SAE on (0: skip the SAE)")
+    sae_site: str = option("blocks.6.hook_resid_post", "the site the demo's SAE reads")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -91,10 +93,56 @@ def run_demo(config: DemoConfig) -> int:
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "summary.json", json.dumps(summary, indent=2))
     plot_overview(out / "overview.png", norms, previous, induction, model.cfg.name)
+    if config.sae_tokens > 0:
+        summary["sae"] = demo_sae(model, config, out, batches)
+        write_atomic(out / "summary.json", json.dumps(summary, indent=2))
     print(f"previous-token heads (layer.head: score): {summary['top_previous_token_heads']}")
     print(f"induction heads (layer.head: score): {summary['top_induction_heads']}")
     print(f"wrote {out / 'summary.json'} and {out / 'overview.png'}")
     return 0
+
+
+def demo_sae(model: Any, config: DemoConfig, out: Path, batches: list[torch.Tensor]) -> dict[str, Any]:
+    """Train a small TopK SAE (streaming), evaluate it, and show what a few of its latents respond to."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from rama.features import top_activations
+    from rama.sae import HarvestConfig, TrainConfig, train
+
+    folder = out / "sae"
+    shutil.rmtree(folder, ignore_errors=True)  # the demo's own output from an earlier run
+    train_config = TrainConfig(
+        architecture="topk", d_sae=2048, k=16, total_tokens=config.sae_tokens, batch_size=2048
+    )
+    harvest = HarvestConfig(
+        tokens=config.sae_tokens + 65_536, batch_size=config.batch_size, context_size=config.context_size
+    )
+    sae, metrics = train(
+        model,
+        config.sae_site,
+        folder,
+        config=train_config,
+        harvest_config=harvest,
+        eval_tokens=8192,
+        stream=True,
+    )
+    density = load_file(str(folder / "sparsity.safetensors"))["sparsity"]
+    band = ((density > -3) & (density < -1.5)).nonzero().flatten()
+    chosen = band[torch.randperm(band.numel(), generator=torch.Generator().manual_seed(0))[:6]].tolist()
+    examples = top_activations(sae, model, batches, chosen, k=4)
+    print(
+        f"SAE on {config.sae_site}: FVU {metrics['fvu']:.3f}, L0 {metrics['l0']:.1f}, "
+        f"CE loss recovered {metrics['ce_loss_recovered']:.3f}, dead {metrics['dead_fraction']:.1%}"
+    )
+    for latent, found in examples.items():
+        print(f"  latent {latent}: " + " | ".join(repr(a.context[-40:]) for a in found[:3]))
+    keys = ("fvu", "l0", "ce_loss_recovered", "dead_fraction", "kl_spliced", "tokens_per_s")
+    return {
+        "metrics": {key: metrics[key] for key in keys},
+        "top_activations": {str(latent): [a.context for a in found] for latent, found in examples.items()},
+    }
 
 
 def top_heads(scores: torch.Tensor, k: int = 5) -> dict[str, float]:

@@ -92,6 +92,7 @@ def run_train(options: SAETrainOptions) -> int:
         harvest_config=harvest_config,
         eval_tokens=options.eval_tokens,
         site_out=options.site_out,
+        stream=options.stream,
     )
     print_metrics(metrics)
     print(f"wrote {Path(options.out) / 'metrics.json'}")

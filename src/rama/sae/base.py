@@ -55,12 +55,18 @@ class SAEConfig:
         return asdict(self)
 
 
+def fired_and_l0(codes: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """From dense codes `[batch, d_sae]`: latents that fired, and the mean number active per token."""
+    active = codes > 0
+    return active.any(0), float(active.sum(-1).float().mean())
+
+
 @dataclass
 class LossOutput:
     loss: torch.Tensor
     reconstruction: torch.Tensor  # [batch, d_out]
-    codes: torch.Tensor  # [batch, d_sae], dense (zeros where inactive)
-    terms: dict[str, float]
+    fired: torch.Tensor  # [d_sae] bool: which latents fired anywhere in the batch
+    terms: dict[str, float]  # includes "l0"
 
 
 def register(name: str) -> Any:

@@ -46,11 +46,14 @@ class BatchTopKSAE(SAE):
         values, flat = self.select(pre)
         reconstruction = self._decode_by_rows(flat, values, x.shape[0]) + self.b_dec + self.skip(x)
         _, fvu = mse_fvu(reconstruction, target)
-        aux = aux_k_loss(self, pre, target - reconstruction, state.dead_mask(), self.cfg.d_in // 2)
+        centred = x - self.b_dec if self.subtracts_b_dec else x
+        aux = aux_k_loss(self, pre, centred, target - reconstruction, state.dead_mask(), self.cfg.d_in // 2)
         self._update_threshold(values.detach())
-        codes = torch.zeros(pre.numel(), dtype=pre.dtype).scatter_(0, flat, values.detach()).view_as(pre)
+        fired = torch.zeros(self.cfg.d_sae, dtype=torch.bool, device=x.device)
+        fired[(flat % self.cfg.d_sae)[values > 0]] = True
+        l0 = float((values > 0).sum()) / x.shape[0]
         loss = fvu + self.cfg.aux_k_coefficient * aux
-        return LossOutput(loss, reconstruction, codes, {"fvu": fvu.item(), "aux_k": aux.item()})
+        return LossOutput(loss, reconstruction, fired, {"fvu": fvu.item(), "aux_k": aux.item(), "l0": l0})
 
     def _decode_by_rows(self, flat: torch.Tensor, values: torch.Tensor, batch: int) -> torch.Tensor:
         """Per-token bags of (latent, value) decoded with embedding_bag: only used rows get gradients."""

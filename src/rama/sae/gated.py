@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from rama.sae.base import SAE, LossOutput, SAEConfig, TrainState, mse_fvu, register
+from rama.sae.base import SAE, LossOutput, SAEConfig, TrainState, fired_and_l0, mse_fvu, register
 
 
 @register("gated")
@@ -50,4 +50,5 @@ class GatedSAE(SAE):
         frozen = gate_acts @ self.W_dec.detach() + self.b_dec.detach() + self.skip(x)
         aux = (frozen - target).pow(2).sum(-1).mean()
         loss = mse + state.sparsity_scale() * self.cfg.l1_coefficient * sparsity + aux
-        return LossOutput(loss, reconstruction, codes.detach(), {"fvu": fvu.item(), "l1": sparsity.item()})
+        fired, l0 = fired_and_l0(codes.detach())
+        return LossOutput(loss, reconstruction, fired, {"fvu": fvu.item(), "l1": sparsity.item(), "l0": l0})

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from rama.sae.base import SAE, LossOutput, SAEConfig, TrainState, mse_fvu, register
+from rama.sae.base import SAE, LossOutput, SAEConfig, TrainState, fired_and_l0, mse_fvu, register
 
 
 def _rectangle(u: torch.Tensor) -> torch.Tensor:
@@ -70,7 +70,8 @@ class JumpReLUSAE(SAE):
         mse, fvu = mse_fvu(reconstruction, target)
         l0 = _Step.apply(pre, threshold, self.cfg.jumprelu_bandwidth).sum(-1).mean()
         loss = mse + state.sparsity_scale() * self.cfg.l0_coefficient * l0
-        return LossOutput(loss, reconstruction, codes.detach(), {"fvu": fvu.item(), "l0": l0.item()})
+        fired, actual_l0 = fired_and_l0(codes.detach())
+        return LossOutput(loss, reconstruction, fired, {"fvu": fvu.item(), "l0": actual_l0})
 
     def threshold_for_export(self) -> torch.Tensor | None:
         return self.threshold.detach().clone()

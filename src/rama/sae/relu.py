@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from rama.sae.base import SAE, LossOutput, SAEConfig, TrainState, mse_fvu, register
+from rama.sae.base import SAE, LossOutput, SAEConfig, TrainState, fired_and_l0, mse_fvu, register
 
 
 @register("standard")
@@ -31,4 +31,5 @@ class ReLUSAE(SAE):
         mse, fvu = mse_fvu(reconstruction, target)
         sparsity = (codes * self.W_dec.norm(dim=1)).sum(-1).mean()
         loss = mse + state.sparsity_scale() * self.cfg.l1_coefficient * sparsity
-        return LossOutput(loss, reconstruction, codes.detach(), {"fvu": fvu.item(), "l1": sparsity.item()})
+        fired, l0 = fired_and_l0(codes.detach())
+        return LossOutput(loss, reconstruction, fired, {"fvu": fvu.item(), "l1": sparsity.item(), "l0": l0})

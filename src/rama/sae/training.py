@@ -188,13 +188,11 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, config: TrainConfig) 
     sae.remove_parallel_decoder_grad()
     run.optimizer.step()
     sae.normalize_decoder()
-    fired = (out.codes > 0).any(0)
     assert state.tokens_since_fired is not None
-    state.tokens_since_fired.add_(x.shape[0]).masked_fill_(fired, 0)
+    state.tokens_since_fired.add_(x.shape[0]).masked_fill_(out.fired, 0)
     state.step += 1
-    l0 = (out.codes > 0).sum(-1).float().mean().item()
     dead = float((state.tokens_since_fired >= state.dead_after_tokens).float().mean())
-    return {"step": state.step, "loss": out.loss.item(), "l0": l0, "dead_fraction": dead, **out.terms}
+    return {"step": state.step, "loss": out.loss.item(), "dead_fraction": dead, **out.terms}
 
 
 def fit(
