@@ -143,5 +143,21 @@ def _randomize_norms(model: Any) -> None:
                 param.add_(0.1 * torch.randn(param.shape, generator=generator))
 
 
+class NoTokenizer:
+    """Token-tensor inputs need no tokenizer; these ids are all HookedModel reads from one."""
+
+    pad_token_id = 0
+    eos_token_id = 2
+    bos_token_id = 1
+
+
+def hooked(arch: str, attn_implementation: str = "sdpa") -> tuple[Any, Any]:
+    """(HF model, HookedModel) for a tiny architecture."""
+    from rama.hooks.model import HookedModel
+
+    hf = build(arch, attn_implementation=attn_implementation)
+    return hf, HookedModel(hf, NoTokenizer())
+
+
 def random_tokens(batch: int = 2, pos: int = 12, seed: int = 0) -> torch.Tensor:
     return torch.randint(3, VOCAB, (batch, pos), generator=torch.Generator().manual_seed(seed))

@@ -8,19 +8,7 @@ import pytest
 import torch
 
 from rama.hooks import HookPoint, HookReturnError, SiteError
-from rama.hooks.model import HookedModel
-from tiny_models import ARCHITECTURES, build, random_tokens
-
-
-class NoTokenizer:
-    pad_token_id = 0
-    eos_token_id = 2
-    bos_token_id = 1
-
-
-def hooked(arch: str) -> tuple[Any, HookedModel]:
-    hf = build(arch)
-    return hf, HookedModel(hf, NoTokenizer())
+from tiny_models import ARCHITECTURES, hooked, random_tokens
 
 
 def clone(activation: torch.Tensor, hook: HookPoint) -> torch.Tensor:

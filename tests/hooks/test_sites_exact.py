@@ -11,19 +11,7 @@ import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
-from rama.hooks.model import HookedModel
-from tiny_models import ARCHITECTURES, build, random_tokens
-
-
-class NoTokenizer:
-    pad_token_id = 0
-    eos_token_id = 2
-    bos_token_id = 1
-
-
-def hooked(arch: str, attn: str = "sdpa") -> tuple[Any, HookedModel]:
-    hf = build(arch, attn_implementation=attn)
-    return hf, HookedModel(hf, NoTokenizer())
+from tiny_models import ARCHITECTURES, hooked, random_tokens
 
 
 def hf_output(hf: Any, tokens: torch.Tensor, **kwargs: Any) -> Any:

@@ -13,14 +13,7 @@ from safetensors.torch import load_file, save_file
 from rama.sae import SAE, SAEConfig, fit
 from rama.sae.io import SAEFormatError
 from rama.toys import FeatureSuite
-
-
-def perturbed(cfg: SAEConfig) -> SAE:
-    sae = SAE.create(cfg)
-    with torch.no_grad():
-        for parameter in sae.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
-    return sae.eval()
+from sae_helpers import perturbed
 
 
 @pytest.mark.parametrize(

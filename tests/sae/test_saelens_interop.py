@@ -9,16 +9,9 @@ import pytest
 import torch
 
 from rama.sae import SAE, SAEConfig
+from sae_helpers import perturbed
 
 sae_lens = pytest.importorskip("sae_lens")
-
-
-def perturbed(cfg: SAEConfig) -> SAE:
-    sae = SAE.create(cfg)
-    with torch.no_grad():
-        for parameter in sae.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
-    return sae.eval()
 
 
 @pytest.mark.parametrize("architecture", ["topk", "standard", "jumprelu", "gated"])
