@@ -36,3 +36,21 @@ def test_prefetcher_surfaces_producer_errors() -> None:
 
     with pytest.raises(RuntimeError, match="harvest broke"):
         list(Prefetcher(failing()))
+
+
+def test_closing_the_prefetcher_stops_its_producer() -> None:
+    produced: list[int] = []
+
+    def endless() -> Iterator[dict[str, torch.Tensor]]:
+        i = 0
+        while True:
+            produced.append(i)
+            yield {"x": torch.full((1, 1), float(i))}
+            i += 1
+
+    prefetcher = Prefetcher(endless(), depth=2)
+    first = next(iter(prefetcher))
+    prefetcher.close()
+    count = len(produced)
+    assert not prefetcher.thread.is_alive() and first["x"].item() == 0
+    assert count <= 5 and len(produced) == count  # nothing more is produced after close()

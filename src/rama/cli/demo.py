@@ -117,7 +117,7 @@ def demo_sae(model: Any, config: DemoConfig, out: Path, batches: list[torch.Tens
         architecture="topk", d_sae=2048, k=16, total_tokens=config.sae_tokens, batch_size=2048
     )
     harvest = HarvestConfig(
-        tokens=config.sae_tokens + 65_536, batch_size=config.batch_size, context_size=config.context_size
+        tokens=config.sae_tokens + 8192, batch_size=config.batch_size, context_size=config.context_size
     )
     sae, metrics = train(
         model,

@@ -34,28 +34,47 @@ def produce(
 
 
 class Prefetcher:
-    """Runs a chunk iterator in a background thread, a few chunks ahead."""
+    """Runs a chunk iterator in a background thread, a few chunks ahead; `close()` stops and joins it.
+
+    The producer runs model forwards, so it must be closed before the model is used again elsewhere
+    (a `HookedModel` runs one forward at a time); `StreamingBatches` closes it when its stream ends.
+    """
 
     def __init__(self, chunks: Iterator[Chunk], depth: int = 4) -> None:
         self.queue: queue.Queue[object] = queue.Queue(maxsize=depth)
         self.error: BaseException | None = None
+        self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._run, args=(chunks,), daemon=True)
         self.thread.start()
+
+    def _put(self, item: object) -> bool:
+        while not self.stopped.is_set():
+            try:
+                self.queue.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def _run(self, chunks: Iterator[Chunk]) -> None:
         try:
             for chunk in chunks:
-                self.queue.put(chunk)
+                if not self._put(chunk):
+                    return
         except BaseException as error:  # surfaced to the consumer
             self.error = error
         finally:
-            self.queue.put(_END)
+            self._put(_END)
 
     def __iter__(self) -> Iterator[Chunk]:
         while (item := self.queue.get()) is not _END:
             yield item  # type: ignore[misc]
         if self.error is not None:
             raise self.error
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join()
 
 
 @dataclass
@@ -142,9 +161,12 @@ class StreamingBatches:
         return ShuffleBuffer._take(produce(self.model, self.sites, self.harvest_config, self.corpus), [], n)
 
     def from_step(self, step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        chunks = iter(Prefetcher(produce(self.model, self.sites, self.harvest_config, self.corpus)))
-        for index, batch in enumerate(self.buffer.batches(chunks)):
-            if index < step:
-                continue
-            x = batch[self.site]
-            yield x, (batch[self.site_out] if self.site_out else x)
+        prefetcher = Prefetcher(produce(self.model, self.sites, self.harvest_config, self.corpus))
+        try:
+            for index, batch in enumerate(self.buffer.batches(iter(prefetcher))):
+                if index < step:
+                    continue
+                x = batch[self.site]
+                yield x, (batch[self.site_out] if self.site_out else x)
+        finally:  # also when training stops early: no harvesting forward may outlive the stream
+            prefetcher.close()

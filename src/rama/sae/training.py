@@ -229,8 +229,25 @@ def run_steps(run: Run, data: BatchSource, config: TrainConfig, checkpoint: Path
         metrics_path.parent.mkdir(parents=True, exist_ok=True)
         trim_metrics(metrics_path, run.state.step)
     bar = tqdm(total=run.state.total_steps, initial=run.state.step, disable=not config.progress, unit="step")
-    start, start_step = time.perf_counter(), run.state.step
     batches = data.from_step(run.state.step)
+    try:
+        _steps(run, batches, config, bar, checkpoint, metrics_path)
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()  # a streaming source stops its harvesting thread here
+        bar.close()
+
+
+def _steps(
+    run: Run,
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    config: TrainConfig,
+    bar: Any,
+    checkpoint: Path | None,
+    metrics_path: Path | None,
+) -> None:
+    start, start_step = time.perf_counter(), run.state.step
     while run.state.step < run.state.total_steps:
         batch = next(batches, None)
         if batch is None:
@@ -255,7 +272,6 @@ def run_steps(run: Run, data: BatchSource, config: TrainConfig, checkpoint: Path
                     handle.write(json.dumps(record) + "\n")
         if checkpoint is not None and run.state.step % config.checkpoint_every == 0:
             save_checkpoint(run, checkpoint)
-    bar.close()
 
 
 def trim_metrics(path: Path, step: int) -> None:
