@@ -163,6 +163,26 @@ def _heads(cfg: ModelConfig) -> Heads:
     return Heads(cfg.n_heads, cfg.d_head)
 
 
+def standard_config(adapter: Adapter, **overrides: Any) -> ModelConfig:
+    """A `ModelConfig` from the field names most HF configs share; `overrides` for the rest."""
+    c = adapter.hf_config
+    n_heads = c.num_attention_heads
+    fields: dict[str, Any] = {
+        "architecture": adapter.name,
+        "model_type": c.model_type,
+        "n_layers": c.num_hidden_layers,
+        "d_model": c.hidden_size,
+        "n_heads": n_heads,
+        "n_kv_heads": getattr(c, "num_key_value_heads", None) or n_heads,
+        "d_head": getattr(c, "head_dim", None) or c.hidden_size // n_heads,
+        "d_mlp": c.intermediate_size,
+        "d_vocab": c.vocab_size,
+        "n_ctx": hf_n_ctx(c),
+        "name": getattr(c, "name_or_path", "") or "",
+    }
+    return ModelConfig(**{**fields, **overrides})
+
+
 def hf_n_ctx(hf_config: Any, default: int = 2048) -> int:
     for key in ("max_position_embeddings", "n_positions", "n_ctx"):
         value = getattr(hf_config, key, None)

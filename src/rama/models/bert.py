@@ -15,7 +15,7 @@ from typing import ClassVar
 
 import torch
 
-from rama.models.adapter import Adapter, BlockPaths, hf_n_ctx
+from rama.models.adapter import Adapter, BlockPaths, standard_config
 from rama.models.config import ModelConfig
 from rama.models.spec import Heads, ModuleInput, ModuleOutput, SiteSpec
 
@@ -26,23 +26,7 @@ class BertAdapter(Adapter):
     layers_paths: ClassVar[tuple[str, ...]] = ("bert.encoder.layer", "encoder.layer")
 
     def config(self) -> ModelConfig:
-        c = self.hf_config
-        return ModelConfig(
-            architecture=self.name,
-            model_type=c.model_type,
-            n_layers=c.num_hidden_layers,
-            d_model=c.hidden_size,
-            n_heads=c.num_attention_heads,
-            n_kv_heads=c.num_attention_heads,
-            d_head=c.hidden_size // c.num_attention_heads,
-            d_mlp=c.intermediate_size,
-            d_vocab=c.vocab_size,
-            n_ctx=hf_n_ctx(c),
-            is_causal=False,
-            positional="learned",
-            normalization="LN",
-            name=getattr(c, "name_or_path", "") or "",
-        )
+        return standard_config(self, is_causal=False, positional="learned", normalization="LN")
 
     def block_paths(self) -> BlockPaths:
         cfg = self.config()

@@ -10,7 +10,7 @@ from typing import ClassVar
 
 import torch
 
-from rama.models.adapter import Adapter, BlockPaths, hf_n_ctx
+from rama.models.adapter import Adapter, BlockPaths, standard_config
 from rama.models.config import ModelConfig
 from rama.models.spec import Heads, ModuleInput, ModuleOutput, SiteSpec
 
@@ -21,23 +21,7 @@ class LlamaAdapter(Adapter):
     layers_paths: ClassVar[tuple[str, ...]] = ("model.layers", "layers")
 
     def config(self) -> ModelConfig:
-        c = self.hf_config
-        n_heads = c.num_attention_heads
-        d_head = getattr(c, "head_dim", None) or c.hidden_size // n_heads
-        return ModelConfig(
-            architecture=self.name,
-            model_type=c.model_type,
-            n_layers=c.num_hidden_layers,
-            d_model=c.hidden_size,
-            n_heads=n_heads,
-            n_kv_heads=getattr(c, "num_key_value_heads", None) or n_heads,
-            d_head=d_head,
-            d_mlp=c.intermediate_size,
-            d_vocab=c.vocab_size,
-            n_ctx=hf_n_ctx(c),
-            gated_mlp=True,
-            name=getattr(c, "name_or_path", "") or "",
-        )
+        return standard_config(self, gated_mlp=True)
 
     def block_paths(self) -> BlockPaths:
         cfg = self.config()

@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import torch
 
-from rama.models.adapter import Adapter, BlockPaths, hf_n_ctx
+from rama.models.adapter import Adapter, BlockPaths, standard_config
 from rama.models.config import ModelConfig
 from rama.models.spec import InterleavedHeads, ModuleInput, ModuleOutput, SiteSpec
 
@@ -23,22 +23,8 @@ class NeoXAdapter(Adapter):
     layers_paths: ClassVar[tuple[str, ...]] = ("gpt_neox.layers", "layers")
 
     def config(self) -> ModelConfig:
-        c = self.hf_config
-        return ModelConfig(
-            architecture=self.name,
-            model_type=c.model_type,
-            n_layers=c.num_hidden_layers,
-            d_model=c.hidden_size,
-            n_heads=c.num_attention_heads,
-            n_kv_heads=c.num_attention_heads,
-            d_head=c.hidden_size // c.num_attention_heads,
-            d_mlp=c.intermediate_size,
-            d_vocab=c.vocab_size,
-            n_ctx=hf_n_ctx(c),
-            parallel_attn_mlp=bool(c.use_parallel_residual),
-            normalization="LN",
-            name=getattr(c, "name_or_path", "") or "",
-        )
+        parallel = bool(self.hf_config.use_parallel_residual)
+        return standard_config(self, parallel_attn_mlp=parallel, normalization="LN")
 
     def block_paths(self) -> BlockPaths:
         cfg = self.config()
