@@ -54,7 +54,6 @@ def test_demo_writes_its_figure_and_summary(tmp_path: Path, smollm: object) -> N
     )
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["completion"].endswith(tuple(summary["completion"][-40:]))
     assert " Berlin" in summary["completion"] and summary["tokens"] == 256
     assert len(summary["residual_norms"]["position_0"]) == 30 and summary["top_induction_heads"]
     assert max(summary["top_induction_heads"].values()) > 0.5  # SmolLM2 has strong induction heads

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -58,9 +57,6 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert checkpoint.exists() and not (tmp_path / "never.pt").exists()
-    assert (
-        not [p for p in os.listdir(checkpoints) if p.startswith(".checkpoint.")] or True
-    )  # temp files are harmless
     resumed = tmp_path / "resumed.pt"
     assert run_script(str(checkpoints), resumed).wait() == 0
     a, b = torch.load(reference, weights_only=True), torch.load(resumed, weights_only=True)
