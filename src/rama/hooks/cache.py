@@ -68,12 +68,18 @@ def recorder(
     dtype: torch.dtype | None = None,
     keep_grad: bool = False,
 ) -> HookFn:
-    """A hook function that stores what flows through a site (after any earlier hooks)."""
+    """A hook function that stores what flows through a site (after any earlier hooks).
 
-    def record(activation: torch.Tensor, hook: HookPoint) -> None:
+    With `keep_grad`, it hands the activation back as the site's value: a site that is a view of a
+    module's tensor (a head of a fused projection, `resid_mid`, per-head results) then feeds the
+    rest of the forward pass, so gradients with respect to the cached tensor exist.
+    """
+
+    def record(activation: torch.Tensor, hook: HookPoint) -> torch.Tensor | None:
         value = activation if keep_grad else activation.detach()
         if device is not None or dtype is not None:
             value = value.to(device=device, dtype=dtype)
         cache[hook.name] = value
+        return activation if keep_grad else None
 
     return record
