@@ -110,3 +110,86 @@ def phase_label(model: ToyModel) -> torch.Tensor:
     labels[second & ~first] = 1
     labels[second & first] = 2
     return labels
+
+
+def instance_losses(model: ToyModel, samples: int = 20_000, seed: int = 12_345) -> torch.Tensor:
+    """Importance-weighted reconstruction loss of every instance on fresh samples: `[instance]`."""
+    generator = torch.Generator().manual_seed(seed)
+    x = sample_features(model.sparsity, model.W.shape[2], samples, generator)
+    with torch.no_grad():
+        return (model.importance[:, None] * (model.forward(x) - x).pow(2)).mean(dim=(1, 2))
+
+
+@dataclass
+class PhaseDiagram:
+    """2 features in 1 dimension: `labels [density, importance]` as in `phase_label`."""
+
+    densities: torch.Tensor  # 1 - sparsity, [n_density]
+    importances: torch.Tensor  # relative importance of the second feature, [n_importance]
+    labels: torch.Tensor
+    models: ToyModel  # the best replica of each cell, cells in row-major order
+
+
+def phase_diagram(
+    densities: torch.Tensor | None = None,
+    importances: torch.Tensor | None = None,
+    replicas: int = 4,
+    config: ToyConfig | None = None,
+) -> PhaseDiagram:
+    """Train every (density, importance) cell `replicas` times from different starts and keep the
+    lowest-loss replica, since single runs in 1 dimension often stall in a local minimum."""
+    densities = torch.logspace(-2, 0, 10) if densities is None else densities
+    importances = torch.logspace(-1, 1, 10) if importances is None else importances
+    config = config or ToyConfig(n_features=2, n_hidden=1, steps=4000, batch_size=1024)
+    if (config.n_features, config.n_hidden) != (2, 1):
+        raise ValueError("the phase diagram is for 2 features in 1 dimension (n_features=2, n_hidden=1)")
+    cells = len(densities) * len(importances)
+    sparsity = (1 - densities).repeat_interleave(len(importances)).repeat(replicas)
+    second = importances.repeat(len(densities)).repeat(replicas)
+    importance = torch.stack([torch.ones_like(second), second], dim=1)
+    trained = train_toy(config, sparsity, importance)
+    best = instance_losses(trained).view(replicas, cells).argmin(0) * cells + torch.arange(cells)
+    models = ToyModel(
+        trained.W[best],
+        trained.b[best],
+        trained.sparsity[best],
+        trained.importance[best],
+        config.neuron_basis,
+    )
+    labels = phase_label(models).view(len(densities), len(importances))
+    return PhaseDiagram(densities, importances, labels, models)
+
+
+STICKY_FRACTIONS = (1.0, 3 / 4, 2 / 3, 1 / 2, 2 / 5, 3 / 8, 1 / 3, 1 / 4)
+
+
+def dimensionality_sweep(
+    densities: torch.Tensor | None = None, n_features: int = 100, n_hidden: int = 20, steps: int = 6000
+) -> ToyModel:
+    """Uniform-importance models over a range of feature densities, one instance each, for the
+    feature-dimensionality plot (dimensionalities stick at 1, 1/2, 2/5, 1/3, … as sparsity grows)."""
+    densities = torch.logspace(0, -2, 16) if densities is None else densities
+    config = ToyConfig(n_features=n_features, n_hidden=n_hidden, steps=steps, batch_size=1024, lr=1e-2)
+    return train_toy(config, 1 - densities, torch.ones(len(densities), n_features))
+
+
+def near_sticky_fraction(dimensionality: torch.Tensor, tolerance: float = 0.04) -> torch.Tensor:
+    """Which entries lie within `tolerance` of one of `STICKY_FRACTIONS` (boolean, same shape)."""
+    fractions = torch.tensor(STICKY_FRACTIONS)
+    return (dimensionality[..., None] - fractions).abs().min(-1).values < tolerance
+
+
+def polysemanticity(model: ToyModel, threshold: float = 0.3) -> dict[str, torch.Tensor]:
+    """For the neuron-basis variant, per instance: the mean number of features a responsive neuron
+    reads (|W| > threshold) and the share of responsive neurons that read more than one."""
+    if not model.neuron_basis:
+        raise ValueError(
+            "polysemanticity is a property of the neuron-basis model (ToyConfig(neuron_basis=True))"
+        )
+    counts = model.features_per_neuron(threshold).float()  # [instance, n_hidden]
+    active = (counts > 0).float()
+    responsive = active.sum(-1).clamp_min(1)
+    return {
+        "features_per_neuron": counts.sum(-1) / responsive,
+        "polysemantic_fraction": ((counts > 1).float() * active).sum(-1) / responsive,
+    }

@@ -1,0 +1,138 @@
+"""The ground truth of a trained IOI toy: what every head attends to, what it writes to the answer
+logits directly, and what mean-ablating it costs — then the roles those numbers name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from rama.hooks.model import HookedModel
+from rama.toys.ioi import IOIPrompt, IOITask, logit_difference
+
+ROLE_RULES = {
+    "name_mover": "at END attends most to IO (≥ 0.3) and its direct effect is ≥ 10% of the logit difference",
+    "s_inhibition": "at END attends most to S2 (≥ 0.3) and mean-ablating it costs ≥ 10% of the logit difference",
+    "duplicate_token": "attention S2→S1 ≥ 0.3",
+    "induction": "attention S2→S1+1 ≥ 0.3",
+    "previous_token": "mean attention from each token to the one before ≥ 0.5",
+}
+
+
+def ioi_ground_truth(model: Any, tokenizer: Any, task: IOITask, prompts: list[IOIPrompt]) -> dict[str, Any]:
+    hooked = HookedModel(model, tokenizer)
+    tokens, _ = task.encode(prompts, tokenizer)
+    with torch.no_grad():
+        logits, cache = hooked.run_with_cache(
+            tokens, names=lambda s: s.endswith(("hook_pattern", "hook_result"))
+        )
+    assert logits is not None
+    clean = logit_difference(logits, prompts, tokenizer)
+    attention = head_attention(cache.stack("attn.hook_pattern"), prompts)
+    direct = direct_effects(hooked, cache, tokens, prompts, tokenizer)
+    ablation = mean_ablation_effects(hooked, tokens, prompts, tokenizer, clean)
+    numbers = {"logit_difference": float(clean.mean()), "attention": attention, "direct_effect": direct}
+    numbers["mean_ablation_effect"] = ablation
+    numbers["heads"] = classify(attention, direct, ablation, float(clean.mean()))
+    numbers["role_rules"] = ROLE_RULES
+    return numbers
+
+
+def head_attention(patterns: torch.Tensor, prompts: list[IOIPrompt]) -> dict[str, list[list[float]]]:
+    """Mean attention `[layer][head]` between the named positions; `patterns [layer, batch, head, q, k]`."""
+    rows = torch.arange(len(prompts))
+    by_prompt = patterns.permute(1, 3, 4, 0, 2)  # [batch, q, k, layer, head]
+
+    def at(query: str, key: str, shift: int = 0) -> list[list[float]]:
+        q = torch.tensor([p.positions[query] for p in prompts])
+        k = torch.tensor([p.positions[key] + shift for p in prompts])
+        return by_prompt[rows, q, k].mean(0).tolist()
+
+    previous = patterns.diagonal(offset=-1, dim1=-2, dim2=-1)[..., 1:]
+    lengths = torch.tensor([p.positions["END"] for p in prompts])
+    valid = torch.arange(previous.shape[-1])[None] < lengths[:, None]  # skip padding
+    previous_score = (previous * valid[None, :, None]).sum(-1).sum(1) / valid.sum()
+    return {
+        "END->IO": at("END", "IO"),
+        "END->S1": at("END", "S1"),
+        "END->S2": at("END", "S2"),
+        "S2->S1": at("S2", "S1"),
+        "S2->S1+1": at("S2", "S1", 1),
+        "previous_token": previous_score.tolist(),
+    }
+
+
+def direct_effects(
+    hooked: HookedModel, cache: Any, tokens: torch.Tensor, prompts: list[IOIPrompt], tokenizer: Any
+) -> list[list[float]]:
+    """Each head's write at END through the final LayerNorm (its scale frozen at the clean run) onto
+    W_U[IO] − W_U[S]: `[layer][head]`, mean over prompts."""
+    end = torch.tensor([p.positions["END"] for p in prompts])
+    rows = torch.arange(len(prompts))
+    final = hooked.hf.transformer.ln_f
+    with torch.no_grad():
+        _, resid = hooked.run_with_cache(tokens, names=f"blocks.{hooked.cfg.n_layers - 1}.hook_resid_post")
+        x = resid[f"blocks.{hooked.cfg.n_layers - 1}.hook_resid_post"][rows, end]  # [n, d_model]
+        scale = (x.var(-1, unbiased=False, keepdim=True) + final.eps).sqrt()
+        io = torch.tensor(tokenizer.convert_tokens_to_ids([p.io for p in prompts]))
+        s = torch.tensor(tokenizer.convert_tokens_to_ids([p.s for p in prompts]))
+        direction = (hooked.W_U[:, io] - hooked.W_U[:, s]).T * final.weight  # [n, d_model]
+        results = cache.stack("attn.hook_result")[:, rows, end]  # [layer, n, head, d_model]
+        centred = results - results.mean(-1, keepdim=True)
+        effect = (centred / scale[None, :, None] * direction[None, :, None]).sum(-1)
+    return effect.mean(1).tolist()
+
+
+def mean_ablation_effects(
+    hooked: HookedModel, tokens: torch.Tensor, prompts: list[IOIPrompt], tokenizer: Any, clean: torch.Tensor
+) -> list[list[float]]:
+    """How much the mean logit difference drops when a head's `hook_z` is replaced by its mean over
+    prompts of the same template (positions line up within a template): `[layer][head]`."""
+    templates = torch.tensor([p.template for p in prompts])
+    with torch.no_grad():
+        _, cache = hooked.run_with_cache(tokens, names="blocks.*.attn.hook_z")
+    effects = torch.zeros(hooked.cfg.n_layers, hooked.cfg.n_heads)
+    for layer in range(hooked.cfg.n_layers):
+        z = cache[f"blocks.{layer}.attn.hook_z"]
+        means = torch.stack([z[templates == t].mean(0) for t in templates.tolist()])
+        for head in range(hooked.cfg.n_heads):
+
+            def ablate(
+                act: torch.Tensor, hook: Any, head: int = head, means: torch.Tensor = means
+            ) -> torch.Tensor:
+                act = act.clone()
+                act[:, :, head] = means[:, :, head]
+                return act
+
+            with torch.no_grad():
+                logits = hooked.run_with_hooks(tokens, [(f"blocks.{layer}.attn.hook_z", ablate)])
+            effects[layer, head] = clean.mean() - logit_difference(logits, prompts, tokenizer).mean()
+    return effects.tolist()
+
+
+def classify(
+    attention: dict[str, list[list[float]]],
+    direct: list[list[float]],
+    ablation: list[list[float]],
+    logit_diff: float,
+) -> dict[str, list[list[int]]]:
+    """Roles by `ROLE_RULES`: `{role: [[layer, head], …]}`."""
+    roles: dict[str, list[list[int]]] = {role: [] for role in ROLE_RULES}
+    for layer, row in enumerate(direct):
+        for head in range(len(row)):
+
+            def a(key: str, layer: int = layer, head: int = head) -> float:
+                return attention[key][layer][head]
+
+            target = max(("END->IO", "END->S1", "END->S2"), key=a)
+            if target == "END->IO" and a(target) >= 0.3 and direct[layer][head] >= 0.1 * logit_diff:
+                roles["name_mover"].append([layer, head])
+            if target == "END->S2" and a(target) >= 0.3 and ablation[layer][head] >= 0.1 * logit_diff:
+                roles["s_inhibition"].append([layer, head])
+            if a("S2->S1") >= 0.3:
+                roles["duplicate_token"].append([layer, head])
+            if a("S2->S1+1") >= 0.3:
+                roles["induction"].append([layer, head])
+            if a("previous_token") >= 0.5:
+                roles["previous_token"].append([layer, head])
+    return roles
