@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from rama import __version__
-from rama.cli import demo, inspect, sae
+from rama.cli import demo, inspect, sae, steer, toys
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,12 +21,20 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.register(subparsers)
     demo.register(subparsers)
     sae.register(subparsers)
+    toys.register(subparsers)
+    steer.register(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == ["steer"] and words[1:2] not in (["-h"], ["--help"]):
+        # argparse cannot hand a subcommand's leading options on whole; steer parses its own
+        handler = lambda _: steer.dispatch(words[1:])  # noqa: E731
+        args = argparse.Namespace(handler=handler)
+    else:
+        args = parser.parse_args(words)
     if not hasattr(args, "handler"):
         parser.print_help()
         return 2

@@ -35,6 +35,8 @@ def add_options(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
             parser.add_argument(
                 flag, action=argparse.BooleanOptionalAction, default=field.default, help=help_text
             )
+        elif typing.get_origin(kind) is list and "nargs" in field.metadata:
+            parser.add_argument(flag, nargs=field.metadata["nargs"], default=None, help=help_text)
         elif typing.get_origin(kind) is list:
             parser.add_argument(flag, action="append", default=None, help=help_text)
         else:

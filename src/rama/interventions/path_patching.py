@@ -1,0 +1,175 @@
+"""Path patching (Wang et al. 2022; Goldowsky-Dill et al. 2023): the effect of sender heads on
+receivers through the direct path only.
+
+Run 1 (the base input) with every attention head (`hook_z`) and every MLP (`hook_mlp_out`) frozen
+at its base value, except the senders, which take their values from the other input; record what
+the receivers read. Run 2 (the base input again) with only the receivers' inputs replaced by what run
+1 recorded. Freezing the MLPs too keeps the path direct: the senders reach the receivers through the
+residual stream alone. Receivers are heads' query, key or value inputs, or the logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from rama.hooks.core import HookPoint
+from rama.hooks.model import HookedModel
+from rama.interventions.patching import Metric, PatchResult, _check_pair
+
+Head = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Receiver:
+    """A head's `q`, `k` or `v` input; `Receiver.logits()` for the direct path to the output."""
+
+    layer: int
+    head: int
+    input: str = "q"
+
+    @staticmethod
+    def logits() -> Receiver:
+        return Receiver(-1, -1, "logits")
+
+    def site(self) -> str:
+        return f"blocks.{self.layer}.attn.hook_{self.input}"
+
+
+def _check(model: HookedModel, senders: Sequence[Head], receivers: Sequence[Receiver]) -> None:
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    bad = [s for s in senders if not (0 <= s[0] < n_layers and 0 <= s[1] < n_heads)]
+    if bad or not senders:
+        raise ValueError(
+            f"senders must be (layer, head) pairs of this {n_layers}×{n_heads} model; got {list(senders)}"
+        )
+    for receiver in receivers:
+        if receiver.input == "logits":
+            continue
+        if receiver.input not in ("q", "k", "v") or not 0 <= receiver.head < n_heads:
+            raise ValueError(
+                f"a receiver is a head's 'q', 'k' or 'v' input (or Receiver.logits()); got {receiver}"
+            )
+        if not all(s[0] < receiver.layer for s in senders):
+            raise ValueError(
+                f"every sender must sit in a layer before its receiver {receiver}; senders {list(senders)}"
+            )
+
+
+def _freeze(
+    model: HookedModel, base: dict[str, torch.Tensor], other: dict[str, torch.Tensor], senders: Sequence[Head]
+) -> list[tuple[str, Callable[[torch.Tensor, HookPoint], torch.Tensor]]]:
+    """Hooks holding every head and MLP at its base value, the senders at the other input's."""
+    by_layer: dict[int, list[int]] = {}
+    for layer, head in senders:
+        by_layer.setdefault(layer, []).append(head)
+
+    def heads(layer: int) -> Callable[[torch.Tensor, HookPoint], torch.Tensor]:
+        def hook(z: torch.Tensor, point: HookPoint) -> torch.Tensor:
+            out = base[f"blocks.{layer}.attn.hook_z"].clone()
+            chosen = by_layer.get(layer, [])
+            out[:, :, chosen] = other[f"blocks.{layer}.attn.hook_z"][:, :, chosen]
+            return out.to(z.dtype)
+
+        return hook
+
+    def mlp(layer: int) -> Callable[[torch.Tensor, HookPoint], torch.Tensor]:
+        return lambda out, point: base[f"blocks.{layer}.hook_mlp_out"].to(out.dtype)
+
+    hooks = [(f"blocks.{layer}.attn.hook_z", heads(layer)) for layer in range(model.cfg.n_layers)]
+    return hooks + [(f"blocks.{layer}.hook_mlp_out", mlp(layer)) for layer in range(model.cfg.n_layers)]
+
+
+def kv_index(model: HookedModel, receiver: Receiver) -> int:
+    """The head index at the receiver's site (keys and values may have fewer heads: GQA)."""
+    if receiver.input == "q":
+        return receiver.head
+    return receiver.head * model.cfg.n_kv_heads // model.cfg.n_heads
+
+
+def path_patch(
+    model: HookedModel,
+    clean: torch.Tensor | str | list[str],
+    corrupted: torch.Tensor | str | list[str],
+    metric: Metric,
+    senders: Sequence[Head],
+    receivers: Sequence[Receiver],
+    direction: str = "noising",
+) -> float:
+    """The metric after patching the senders → receivers paths. Noising (the IOI paper's way) runs
+    the clean input with the senders from the corrupted one; denoising, the reverse."""
+    _check(model, senders, receivers)
+    clean_tokens, corrupted_tokens = model.to_tokens(clean), model.to_tokens(corrupted)
+    _check_pair(clean_tokens, corrupted_tokens)
+    base_tokens, other_tokens = (
+        (clean_tokens, corrupted_tokens) if direction == "noising" else (corrupted_tokens, clean_tokens)
+    )
+    names = lambda s: s.endswith(("attn.hook_z", "hook_mlp_out"))  # noqa: E731
+    with torch.no_grad():
+        _, base = model.run_with_cache(base_tokens, names=names)
+        _, other = model.run_with_cache(other_tokens, names=names)
+        frozen = _freeze(model, dict(base), dict(other), senders)
+        if any(r.input == "logits" for r in receivers):
+            if len(receivers) > 1:
+                raise ValueError("the logits receiver stands alone; patch head receivers in a separate call")
+            return float(metric(model.run_with_hooks(base_tokens, frozen)))
+        reads = sorted({r.site() for r in receivers})
+        _, recorded = model.run_with_cache(base_tokens, names=reads, fwd_hooks=frozen)
+        hooks = [
+            (site, _receive(model, recorded[site], [r for r in receivers if r.site() == site]))
+            for site in reads
+        ]
+        return float(metric(model.run_with_hooks(base_tokens, hooks)))
+
+
+def _receive(
+    model: HookedModel, recorded: torch.Tensor, receivers: list[Receiver]
+) -> Callable[[torch.Tensor, HookPoint], torch.Tensor]:
+    indices = [kv_index(model, r) for r in receivers]
+
+    def hook(activation: torch.Tensor, point: HookPoint) -> torch.Tensor:
+        out = activation.clone()
+        out[:, :, indices] = recorded[:, :, indices].to(out.dtype)
+        return out
+
+    return hook
+
+
+def path_patching_senders(
+    model: HookedModel,
+    clean: torch.Tensor | str | list[str],
+    corrupted: torch.Tensor | str | list[str],
+    metric: Metric,
+    receivers: Sequence[Receiver],
+    direction: str = "noising",
+) -> PatchResult:
+    """Every head before the receivers as a lone sender: `values [layer, head]` (NaN where a head
+    cannot send, at or after a receiver's layer)."""
+    clean_tokens, corrupted_tokens = model.to_tokens(clean), model.to_tokens(corrupted)
+    last = min((r.layer for r in receivers if r.input != "logits"), default=model.cfg.n_layers)
+    values = torch.full((model.cfg.n_layers, model.cfg.n_heads), float("nan"))
+    for layer in range(last):
+        for head in range(model.cfg.n_heads):
+            values[layer, head] = path_patch(
+                model, clean_tokens, corrupted_tokens, metric, [(layer, head)], receivers, direction
+            )
+    with torch.no_grad():
+        clean_value, corrupted_value = (
+            float(metric(model(clean_tokens))),
+            float(metric(model(corrupted_tokens))),
+        )
+    return PatchResult(
+        values=values,
+        dims=("layer", "head"),
+        labels={
+            "layer": [str(i) for i in range(model.cfg.n_layers)],
+            "head": [str(h) for h in range(model.cfg.n_heads)],
+        },
+        clean=clean_value,
+        corrupted=corrupted_value,
+        direction=direction,
+        sweep="path:"
+        + ",".join(f"{r.layer}.{r.head}.{r.input}" if r.input != "logits" else "logits" for r in receivers),
+    )

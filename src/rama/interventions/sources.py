@@ -1,0 +1,93 @@
+"""Where a steering direction comes from — an SAE feature, a vector file, or two contrasting prompt
+sets — and the hook that applies it, for the `rama steer` commands and for scripts alike."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rama.hooks.model import HookedModel
+from rama.interventions.features import check_sae_site, feature_direction, set_features
+from rama.interventions.steering import Hook, add_vector, clamp_direction, contrastive_vector
+
+MODES = ("add", "clamp")
+
+
+@dataclass(frozen=True)
+class SteeringSource:
+    """Exactly one of: `sae` + `feature`, `vector` (a file), `contrast` (positive, negative prompts)."""
+
+    sae: str | None = None
+    feature: int | None = None
+    vector: str | None = None
+    contrast: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+
+    def __post_init__(self) -> None:
+        given = [self.sae is not None, self.vector is not None, self.contrast is not None]
+        if sum(given) != 1:
+            raise ValueError(
+                "give exactly one steering source: --sae DIR --feature ID, --vector FILE, or --contrast A B"
+            )
+        if self.sae is not None and self.feature is None:
+            raise ValueError("--sae needs --feature ID: which latent to steer")
+
+
+def load_vector(path: str | os.PathLike[str]) -> torch.Tensor:
+    """A 1-d vector from `.pt` (a tensor), `.npy`, or `.safetensors` (its only tensor)."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"no vector file at {str(file)!r}")
+    if file.suffix == ".npy":
+        import numpy as np
+
+        vector = torch.from_numpy(np.load(file))
+    elif file.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        tensors = load_file(file)
+        if len(tensors) != 1:
+            raise ValueError(f"{file} holds {len(tensors)} tensors ({', '.join(tensors)}); keep exactly one")
+        vector = next(iter(tensors.values()))
+    elif file.suffix == ".pt":
+        vector = torch.load(file, weights_only=True)
+    else:
+        raise ValueError(f"vector files are .pt, .npy or .safetensors; got {file.name!r}")
+    if not isinstance(vector, torch.Tensor) or vector.ndim != 1:
+        raise ValueError(f"{file} must hold a 1-d tensor; got {getattr(vector, 'shape', type(vector))}")
+    return vector.float()
+
+
+def direction(model: HookedModel, site: str, source: SteeringSource) -> torch.Tensor:
+    """The steering direction at `site`: the feature's decoder row, the file's vector, or the
+    difference of mean activations (last token) between the contrast's two prompt sets."""
+    if source.sae is not None and source.feature is not None:
+        from rama.sae.base import SAE
+
+        sae = SAE.load(source.sae)
+        check_sae_site(model, sae, site)
+        return feature_direction(sae, source.feature)
+    if source.vector is not None:
+        return load_vector(source.vector)
+    assert source.contrast is not None
+    positive, negative = source.contrast
+    return contrastive_vector(model, site, list(positive), list(negative))
+
+
+def steering_hook(
+    model: HookedModel, site: str, source: SteeringSource, strength: float, mode: str = "add"
+) -> Hook:
+    """`add`: x + strength·v. `clamp`: the component along v set to `strength` — for an SAE feature,
+    its activation set to `strength` through the SAE with the error term kept."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+    if mode == "clamp" and source.sae is not None and source.feature is not None:
+        from rama.sae.base import SAE
+
+        return set_features(model, SAE.load(source.sae), [source.feature], strength, site=site)
+    vector = direction(model, site, source)
+    if mode == "clamp":
+        return clamp_direction(model, site, vector, strength)
+    return add_vector(model, site, vector, strength)

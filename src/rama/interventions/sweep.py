@@ -1,0 +1,161 @@
+"""Steering that is measured: for each strength, how often the continuations are about the concept
+(a documented, reproducible scorer) and how fluent they stay (perplexity under the unsteered model)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from rama.atomic import pyplot, save_figure
+from rama.hooks.model import HookedModel
+from rama.interventions.steering import Hook
+
+Scorer = Callable[[list[str]], list[bool]]
+
+
+def keyword_scorer(words: Sequence[str]) -> Scorer:
+    """On-concept when any keyword occurs as a word prefix (case-insensitive): "bridge" also counts
+    "bridges". The keyword list is the whole definition, so a rerun scores identically."""
+    cleaned = [w.strip().lower() for w in words if w.strip()]
+    if not cleaned:
+        raise ValueError("the keyword scorer needs at least one keyword")
+    pattern = re.compile(r"\b(" + "|".join(re.escape(w) for w in cleaned) + r")", re.IGNORECASE)
+    return lambda texts: [bool(pattern.search(text)) for text in texts]
+
+
+def embedding_scorer(concept: str, threshold: float = 0.35, encoder: HookedModel | None = None) -> Scorer:
+    """On-concept when the MiniLM sentence embedding (mean-pooled, as sentence-transformers does) of a
+    continuation has cosine ≥ `threshold` with the concept description's."""
+    import rama
+
+    model = encoder or rama.load("minilm-l6")
+
+    def embed(texts: list[str]) -> torch.Tensor:
+        batch = model.tokenize(texts)
+        mask = batch.attention_mask if batch.attention_mask is not None else torch.ones_like(batch.tokens)
+        with torch.no_grad():
+            hidden = model(batch.tokens, attention_mask=mask)
+        pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+        return torch.nn.functional.normalize(pooled, dim=-1)
+
+    target = embed([concept])[0]
+    return lambda texts: [bool(c >= threshold) for c in (embed(texts) @ target).tolist()]
+
+
+def continuation_perplexity(
+    model: HookedModel, prompts: Sequence[str], continuations: Sequence[str]
+) -> list[float]:
+    """Perplexity of each continuation given its prompt, under the model with no hooks."""
+    values = []
+    for prompt, continuation in zip(prompts, continuations, strict=True):
+        prompt_ids = model.to_tokens(prompt)[0]
+        full = model.to_tokens(prompt + continuation)[0]
+        start = len(prompt_ids)
+        if len(full) <= start:
+            values.append(float("nan"))
+            continue
+        with torch.no_grad():
+            logits = model(full[None])[0]
+        losses = torch.nn.functional.cross_entropy(
+            logits[start - 1 : -1].float(), full[start:], reduction="mean"
+        )
+        values.append(float(losses.exp()))
+    return values
+
+
+@dataclass
+class SweepPoint:
+    strength: float
+    concept_rate: float
+    perplexity: float  # median over prompts, under the unsteered model
+    examples: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SweepResult:
+    points: list[SweepPoint]
+    scorer: str
+    site: str
+
+    def baseline(self) -> SweepPoint:
+        return min(self.points, key=lambda p: abs(p.strength))
+
+    def best(self, max_perplexity_ratio: float = 2.0) -> SweepPoint | None:
+        """The highest concept rate among strengths whose perplexity stays under the ratio."""
+        limit = self.baseline().perplexity * max_perplexity_ratio
+        fluent = [p for p in self.points if p.perplexity < limit]
+        return max(fluent, key=lambda p: p.concept_rate) if fluent else None
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        out = Path(path)
+        staging = out.with_name(f".{out.name}.tmp")
+        staging.write_text(
+            json.dumps(
+                {"scorer": self.scorer, "site": self.site, "points": [asdict(p) for p in self.points]},
+                indent=1,
+            )
+        )
+        os.replace(staging, out)
+
+
+def strength_sweep(
+    model: HookedModel,
+    hooks_at: Callable[[float], list[Hook]],
+    prompts: Sequence[str],
+    strengths: Sequence[float],
+    scorer: Scorer,
+    scorer_name: str = "",
+    site: str = "",
+    max_new_tokens: int = 30,
+) -> SweepResult:
+    """Greedy continuations of every prompt at every strength (0 = unsteered), scored and measured."""
+    if not prompts:
+        raise ValueError("a sweep needs at least one prompt")
+    points = []
+    for strength in tqdm(list(strengths), desc="strengths", unit="strength"):
+        hooks = hooks_at(strength) if strength != 0 else []
+        texts = model.generate(list(prompts), max_new_tokens=max_new_tokens, fwd_hooks=hooks)
+        assert isinstance(texts, list)
+        continuations = [
+            text[len(prompt) :] if text.startswith(prompt) else text
+            for text, prompt in zip(texts, prompts, strict=True)
+        ]
+        on_concept = scorer(continuations)
+        perplexities = torch.tensor(continuation_perplexity(model, prompts, continuations))
+        points.append(
+            SweepPoint(
+                strength=float(strength),
+                concept_rate=sum(on_concept) / len(on_concept),
+                perplexity=float(perplexities.nanmedian()),
+                examples=[f"{p}|{c}" for p, c in zip(prompts[:3], continuations[:3], strict=True)],
+            )
+        )
+    return SweepResult(points, scorer_name, site)
+
+
+def plot_sweep(results: dict[str, SweepResult], path: str | os.PathLike[str], title: str = "") -> Path:
+    """Concept rate and perplexity against strength, one line per steering method."""
+    plt = pyplot()
+    figure, (rate_axis, ppl_axis) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for name, result in results.items():
+        strengths = [p.strength for p in result.points]
+        rate_axis.plot(strengths, [p.concept_rate for p in result.points], marker="o", label=name)
+        ppl_axis.plot(strengths, [p.perplexity for p in result.points], marker="o", label=name)
+        ppl_axis.axhline(2 * result.baseline().perplexity, color="0.6", ls=":", lw=1)
+    rate_axis.set_ylim(-0.05, 1.05)
+    rate_axis.axhline(0.8, color="0.6", ls=":", lw=1)
+    rate_axis.set_xlabel("steering strength")
+    rate_axis.set_ylabel("concept rate (share of continuations)")
+    ppl_axis.set_xlabel("steering strength")
+    ppl_axis.set_ylabel("perplexity under the unsteered model")
+    ppl_axis.set_yscale("log")
+    rate_axis.legend(fontsize=8)
+    figure.suptitle(title or "steering sweep (dotted: concept rate 0.8; 2× the unsteered perplexity)")
+    return save_figure(figure, path)

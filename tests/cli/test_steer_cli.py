@@ -1,0 +1,87 @@
+"""`rama steer`, `rama steer sweep` and `rama steer export`, run as a user runs them, on the IOI toy."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM
+
+import rama
+from rama.interventions import add_vector
+from rama.toys import pretrained
+
+TOY = str(pretrained("ioi"))
+SITE = "blocks.2.hook_resid_post"
+PROMPT = "When Mary and John went to the store , John gave a drink to"
+
+
+def rama_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "rama.cli.main", *args], capture_output=True, text=True)
+
+
+def towards(name: str, tmp_path: Path) -> Path:
+    model = rama.load(TOY)
+    path = tmp_path / f"{name}.pt"
+    torch.save(model.W_U[:, model.tokenizer.convert_tokens_to_ids(name)].detach().clone(), path)
+    return path
+
+
+def test_steer_prints_both_generations(tmp_path: Path) -> None:
+    vector = towards("John", tmp_path)
+    result = rama_cli("steer", "--model", TOY, "--site", SITE, "--vector", str(vector), "--strength", "20",
+                      "--max-new-tokens", "1", PROMPT)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    plain, steered = result.stdout.split("steered (add 20 at blocks.2.hook_resid_post):")
+    assert plain.strip().endswith("to Mary") and steered.strip().endswith("to John")
+    contrast = rama_cli("steer", "--model", TOY, "--site", "blocks.1.hook_resid_post", "--contrast",
+                        "When Mary and John", "When Mary and Mary", "--max-new-tokens", "1", PROMPT)  # fmt: skip
+    assert contrast.returncode == 0 and "unsteered:" in contrast.stdout, contrast.stderr
+
+
+def test_sweep_measures_concept_rate_and_perplexity(tmp_path: Path) -> None:
+    vector = towards("John", tmp_path)
+    out = tmp_path / "sweep"
+    result = rama_cli("steer", "sweep", "--model", TOY, "--site", SITE, "--vector", str(vector),
+                      "--prompts", PROMPT, "--prompts", PROMPT.replace("Mary", "Kate"), "--strengths", "0,20",
+                      "--keywords", "John", "--max-new-tokens", "1", "--out", str(out))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    points = json.loads((out / "sweep.json").read_text())["points"]
+    assert [p["strength"] for p in points] == [0.0, 20.0]
+    assert points[0]["concept_rate"] == 0.0 and points[1]["concept_rate"] == 1.0
+    assert points[1]["perplexity"] > points[0]["perplexity"]  # John is unlikely to the unsteered model
+    assert (out / "sweep.png").stat().st_size > 10_000
+
+
+def test_export_writes_a_model_plain_transformers_runs_steered(tmp_path: Path) -> None:
+    vector = towards("John", tmp_path)
+    out = tmp_path / "steered"
+    result = rama_cli("steer", "export", "--model", TOY, "--site", SITE, "--vector", str(vector),
+                      "--strength", "20", "--out", str(out))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    plain = AutoModelForCausalLM.from_pretrained(out).eval()
+    model = rama.load(TOY)
+    tokens = model.to_tokens(PROMPT)
+    hook = add_vector(model, SITE, torch.load(vector), 20.0)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(input_ids=tokens).logits, model.run_with_hooks(tokens, [hook]))
+
+
+def test_bad_steering_commands_are_clear(tmp_path: Path) -> None:
+    result = rama_cli("steer", "--model", TOY, "--site", SITE, PROMPT)
+    assert result.returncode == 1 and "exactly one steering source" in result.stderr
+    vector = towards("John", tmp_path)
+    result = rama_cli("steer", "export", "--model", TOY, "--site", SITE, "--vector", str(vector), "--mode",
+                      "clamp", "--out", str(tmp_path / "x"))  # fmt: skip
+    assert result.returncode == 1 and "only additive steering" in result.stderr
+    bad = tmp_path / "short.pt"
+    torch.save(torch.ones(10), bad)
+    result = rama_cli("steer", "--model", TOY, "--site", SITE, "--vector", str(bad), PROMPT)
+    assert result.returncode == 1 and "must have shape (64,)" in result.stderr
+    assert (
+        "rama steer sweep" in rama_cli("steer", "--help").stdout
+        or rama_cli("steer", "--help").returncode == 0
+    )
