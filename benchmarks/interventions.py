@@ -22,7 +22,13 @@ from typing import Any
 import torch
 
 import rama
-from rama.interventions import activation_patching, add_vector, attribution_patching, clamp_direction, set_features
+from rama.interventions import (
+    activation_patching,
+    add_vector,
+    attribution_patching,
+    clamp_direction,
+    set_features,
+)
 from rama.sae.base import SAE, SAEConfig
 
 SITE = "blocks.12.hook_resid_post"
@@ -90,7 +96,9 @@ def patching_cases(model: Any) -> dict[str, Work]:
 
     return {
         "one forward pass (same prompt)": lambda: model(clean),
-        "attribution patching, 4 sweeps (120 sites)": lambda: attribution_patching(model, clean, corrupted, metric),
+        "attribution patching, 4 sweeps (120 sites)": lambda: attribution_patching(
+            model, clean, corrupted, metric
+        ),
         "activation patching, 270 heads": lambda: activation_patching(
             model, clean, corrupted, metric, sweep="heads"
         ),
@@ -120,7 +128,9 @@ def table(times: dict[str, list[float]], base: str, title: str) -> dict[str, dic
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--json", default=None)
@@ -132,7 +142,9 @@ def main() -> None:
             "rama generate, unsteered",
             f"generation, 8 prompts × {args.new_tokens} new tokens",
         )
-    patching = table(measure(patching_cases(model), args.repeats), "one forward pass (same prompt)", "patching, 1 prompt")
+    patching = table(
+        measure(patching_cases(model), args.repeats), "one forward pass (same prompt)", "patching, 1 prompt"
+    )
     machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     print(f"\nmachine: {machine}; median of {args.repeats}")
     if args.json:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -11,6 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import rama
+from rama.cli.main import main
 from rama.interventions import add_vector
 from rama.toys import pretrained
 
@@ -20,6 +23,15 @@ PROMPT = "When Mary and John went to the store , John gave a drink to"
 
 
 def rama_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """The `rama` command in this process (each subprocess would pay ≈ 5 s of imports); one test
+    below runs it as a real subprocess."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
+def real_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "rama.cli.main", *args], capture_output=True, text=True)
 
 
@@ -32,7 +44,7 @@ def towards(name: str, tmp_path: Path) -> Path:
 
 def test_steer_prints_both_generations(tmp_path: Path) -> None:
     vector = towards("John", tmp_path)
-    result = rama_cli("steer", "--model", TOY, "--site", SITE, "--vector", str(vector), "--strength", "20",
+    result = real_cli("steer", "--model", TOY, "--site", SITE, "--vector", str(vector), "--strength", "20",
                       "--max-new-tokens", "1", PROMPT)  # fmt: skip
     assert result.returncode == 0, result.stderr
     plain, steered = result.stdout.split("steered (add 20 at blocks.2.hook_resid_post):")
@@ -81,7 +93,28 @@ def test_bad_steering_commands_are_clear(tmp_path: Path) -> None:
     torch.save(torch.ones(10), bad)
     result = rama_cli("steer", "--model", TOY, "--site", SITE, "--vector", str(bad), PROMPT)
     assert result.returncode == 1 and "must have shape (64,)" in result.stderr
+    helped = real_cli("steer", "--help")
     assert (
-        "rama steer sweep" in rama_cli("steer", "--help").stdout
-        or rama_cli("steer", "--help").returncode == 0
+        helped.returncode == 0
+        and "example: rama steer" in helped.stdout
+        and "steer sweep --help" in helped.stdout
     )
+    sweep_help = real_cli("steer", "sweep", "--help")
+    assert sweep_help.returncode == 0 and "--keywords" in sweep_help.stdout
+
+
+def test_steer_with_an_sae_feature(tmp_path: Path) -> None:
+    from rama.sae.base import SAE, SAEConfig
+
+    torch.manual_seed(0)
+    sae = SAE.create(SAEConfig(d_in=64, d_sae=128, architecture="topk", k=8, hook_name=SITE, model_name=TOY))
+    john = rama.load(TOY).W_U[:, 19].detach()  # any direction; make latent 5's decoder row point along it
+    with torch.no_grad():
+        sae.W_dec[5] = john / john.norm()
+    sae.save(tmp_path / "sae")
+    result = rama_cli("steer", "--model", TOY, "--sae", str(tmp_path / "sae"), "--feature", "5", "--mode", "clamp",
+                      "--strength", "30", "--max-new-tokens", "1", PROMPT)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"steered (clamp 30 at {SITE})" in result.stdout  # the SAE's own site is the default
+    bad = rama_cli("steer", "--model", TOY, "--sae", str(tmp_path / "sae"), "--feature", "500", PROMPT)
+    assert bad.returncode == 1 and "outside this SAE's 128 latents" in bad.stderr

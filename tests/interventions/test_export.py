@@ -66,3 +66,22 @@ def test_export_of_a_shipped_toy_and_bad_requests(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="has no bias that adds straight"):
         export_steered(gemma, "blocks.0.hook_resid_post", torch.ones(gemma.cfg.d_model), 1.0, tmp_path / "g")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # nothing half-written
+
+
+@pytest.mark.slow
+def test_smollm2_steered_export_generates_what_rama_generates(
+    smollm: rama.HookedModel, tmp_path: Path
+) -> None:
+    from rama.interventions import contrastive_vector
+
+    site = "blocks.12.hook_resid_post"
+    vector = contrastive_vector(smollm, site, ["The ship sailed on the sea"], ["The meeting starts at nine"])
+    folder = export_steered(smollm, site, vector, 6.0, tmp_path / "smollm-sea")
+    plain = AutoModelForCausalLM.from_pretrained(folder).eval()
+    prompt = smollm.to_tokens("My favourite place is")
+    hook = add_vector(smollm, site, vector, 6.0)
+    with torch.no_grad():
+        ours = smollm.generate(prompt, max_new_tokens=12, fwd_hooks=[hook])
+        theirs = plain.generate(input_ids=prompt, max_new_tokens=12, do_sample=False, pad_token_id=2)
+        unsteered = smollm.generate(prompt, max_new_tokens=12)
+    assert torch.equal(ours, theirs) and not torch.equal(ours, unsteered)

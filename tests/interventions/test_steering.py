@@ -70,3 +70,23 @@ def test_contrastive_sentiment_vector_steers_smollm2_both_ways(smollm: rama.Hook
     assert preference(-4.0) < neutral - 2.0
     steered = smollm.generate(prompt, max_new_tokens=8, fwd_hooks=[add_vector(smollm, site, vector, 4.0)])
     assert steered.startswith(prompt) and steered != smollm.generate(prompt, max_new_tokens=8)
+
+
+def test_a_strength_that_overflows_is_an_error(ioi_toy: rama.HookedModel) -> None:
+    site = "blocks.1.hook_resid_pre"
+    hook = add_vector(ioi_toy, site, torch.full((64,), 1e30), strength=1e10)
+    with pytest.raises(FloatingPointError, match="NaN or inf; lower the strength"):
+        ioi_toy.run_with_hooks(torch.tensor([[1, 20, 21]]), [hook])
+
+
+@pytest.mark.slow
+def test_embedding_scorer_tells_on_concept_text_from_off_concept_text(minilm: rama.HookedModel) -> None:
+    from rama.interventions.sweep import embedding_scorer
+
+    scorer = embedding_scorer("the sea, ships and sailors", threshold=0.35, encoder=minilm)
+    on = [
+        "The sailors steered the ship through the waves.",
+        "We watched the ocean from the deck of the boat.",
+    ]
+    off = ["The recipe needs two cups of flour.", "He filed his tax return on Monday."]
+    assert scorer(on) == [True, True] and scorer(off) == [False, False]

@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.handler(args))
-    except (ValueError, KeyError, OSError, TypeError) as error:
+    except (ValueError, KeyError, IndexError, OSError, TypeError, ArithmeticError) as error:
         print(f"rama: error: {error}", file=sys.stderr)
         return 1
 

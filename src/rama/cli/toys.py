@@ -11,7 +11,9 @@ from rama.cli.options import add_options, from_args, option
 
 @dataclass
 class ToysTrainConfig:
-    name: str = option("", "which toy: induction-2l, induction-1l, ioi or superposition", positional=True)
+    name: str = option(
+        "", "which toy: induction-2l (or induction), induction-1l, ioi or superposition", positional=True
+    )
     out: str = option("", "output folder (must not hold files yet)")
     seed: int = option(0, "random seed: the same seed rebuilds the same weights on the CPU")
     steps: int | None = option(None, "training steps (default: the recipe's own)")

@@ -9,7 +9,7 @@ import torch
 
 from rama.hooks.core import HookPoint
 from rama.hooks.model import HookedModel
-from rama.interventions.steering import Hook, Positions, check_strength, position_index
+from rama.interventions.steering import Hook, Positions, check_strength, positions_for_call
 from rama.sae.base import SAE
 
 
@@ -61,10 +61,9 @@ def set_features(
     targets = [check_strength("feature value", float(v)) for v in targets]
 
     def hook(activation: torch.Tensor, point: HookPoint) -> torch.Tensor | None:
-        length = activation.shape[1]
-        if positions is not None and length == 1:
+        apply, index = positions_for_call(positions, activation.shape[1])
+        if not apply:
             return None
-        index = position_index(positions, length)
         x = activation if index is None else activation[:, index]
         with torch.no_grad():
             sae_input = x.to(sae.W_enc.dtype)

@@ -2,9 +2,11 @@
 or project it out — at one site, at chosen positions. Each returns a `(site, hook)` pair that works
 in `run_with_hooks`, `model.hooks(...)` and `generate`.
 
-Positions: `None` steers every position, generated ones included. Explicit positions index the
-sequence of a full forward pass (negative ones count from the end); while generating with a KV cache,
-the one-token steps after the prompt are left alone, since explicit positions address the prompt.
+Positions: `None` steers every position, generated ones included. A list indexes the sequence of a
+full forward pass (negative ones count from the end); while generating with a KV cache, the
+one-token steps after the prompt are left alone, since a list addresses the prompt. An open-ended
+slice (`slice(1, None)`: everything but the first token, whose activations are an attention sink in
+many models) covers the generated tokens too.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 from rama.hooks.core import HookPoint
 from rama.hooks.model import HookedModel
 
-Positions = Sequence[int] | None
+Positions = Sequence[int] | slice | None
 Hook = tuple[str, Callable[[torch.Tensor, HookPoint], torch.Tensor | None]]
 
 
@@ -43,6 +45,8 @@ def position_index(positions: Positions, length: int) -> list[int] | None:
     """Absolute positions for a sequence of `length`, or None for all; out of range is an error."""
     if positions is None:
         return None
+    if isinstance(positions, slice):
+        return list(range(length))[positions]
     absolute = [p + length if p < 0 else p for p in positions]
     bad = [p for p, a in zip(positions, absolute, strict=True) if not 0 <= a < length]
     if bad:
@@ -50,18 +54,29 @@ def position_index(positions: Positions, length: int) -> list[int] | None:
     return absolute
 
 
+def positions_for_call(positions: Positions, length: int) -> tuple[bool, list[int] | None]:
+    """(steer this call?, absolute positions or None for all) for a forward call of `length` tokens.
+    A one-token call with a list of positions is a cached generation step: left alone."""
+    if length == 1 and positions is not None:
+        open_ended = isinstance(positions, slice) and positions.stop is None
+        return open_ended, None
+    return True, position_index(positions, length)
+
+
 def _steer(site: str, positions: Positions, change: Callable[[torch.Tensor], torch.Tensor]) -> Hook:
     """A hook applying `change` to the `[..., d]` activations at `positions` (dim 1 is `pos`)."""
 
     def hook(activation: torch.Tensor, point: HookPoint) -> torch.Tensor | None:
-        length = activation.shape[1]
-        if positions is not None and length == 1:
-            return None  # a cached generation step: explicit positions address the prompt
-        chosen = position_index(positions, length)
+        apply, chosen = positions_for_call(positions, activation.shape[1])
+        if not apply:
+            return None
         out = activation.clone()
         if chosen is None:
-            return change(out)
-        out[:, chosen] = change(out[:, chosen])
+            out = change(out)
+        else:
+            out[:, chosen] = change(out[:, chosen])
+        if not bool(torch.isfinite(out).all()):
+            raise FloatingPointError(f"steering at {point.name!r} produced NaN or inf; lower the strength")
         return out
 
     return site, hook
@@ -93,14 +108,15 @@ def project_out(model: HookedModel, site: str, direction: torch.Tensor, position
 def mean_activation(
     model: HookedModel, site: str, prompts: Sequence[str], last_only: bool = True
 ) -> torch.Tensor:
-    """Mean activation at `site` over prompts: at each prompt's last token, or over all real tokens."""
+    """Mean activation at `site` over prompts: at each prompt's last token, or over all its tokens but
+    the first (position 0 is an attention sink with outsized activations in many models)."""
     total: torch.Tensor | None = None
     count = 0
     for prompt in prompts:
         with torch.no_grad():
             _, cache = model.run_with_cache(prompt, names=site)
         act = cache[site][0].float()  # [pos, d]
-        rows = act[-1:] if last_only else act
+        rows = act[-1:] if last_only or act.shape[0] == 1 else act[1:]
         total = rows.sum(0) if total is None else total + rows.sum(0)
         count += rows.shape[0]
     if total is None:

@@ -138,7 +138,7 @@ def accuracy(model: Any, tokenizer: Any, prompts: list[IOIPrompt], task: IOITask
     """Share of prompts whose top next-token prediction at END is the indirect object."""
     tokens, _ = task.encode(prompts, tokenizer)
     with torch.no_grad():
-        logits = model(input_ids=tokens).logits
+        logits = model(input_ids=tokens, attention_mask=(tokens != 0).long()).logits  # right padding
     end = torch.tensor([p.positions["END"] for p in prompts])
     predicted = logits[torch.arange(len(prompts)), end].argmax(-1)
     answers = torch.tensor(tokenizer.convert_tokens_to_ids([p.io for p in prompts]))

@@ -26,6 +26,7 @@ TOYS = {
     **TRANSFORMERS,
     "superposition": "Toy Models of Superposition: geometry, phase diagram, dimensionality",
 }
+ALIASES = {"induction": "induction-2l"}
 
 
 def pretrained(name: str) -> Path:
@@ -54,6 +55,7 @@ def train_transformer(
 
 def build(name: str, out: str | os.PathLike[str], seed: int = 0, steps: int | None = None) -> Path:
     """Train toy `name` from `seed` into `out` (an HF folder with ground truth, or superposition figures)."""
+    name = ALIASES.get(name, name)
     if name not in TOYS:
         raise ValueError(f"unknown toy {name!r}; choose one of {', '.join(TOYS)}")
     if name == "superposition":

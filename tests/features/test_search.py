@@ -1,0 +1,43 @@
+"""Concept search over SAE latents, on an SAE built by hand so the answer is known."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import rama
+from rama.features import concept_token_ids, find_latents
+from rama.sae.base import SAE, SAEConfig
+from rama.toys import pretrained
+from rama.toys.ioi import IOITask
+
+
+def test_the_latent_built_for_a_word_is_found_first() -> None:
+    model = rama.load(pretrained("ioi"))
+    mary = model.tokenizer.convert_tokens_to_ids("Mary")
+    sae = SAE.create(SAEConfig(d_in=64, d_sae=3, architecture="standard", hook_name="hook_embed"))
+    embedding = model.W_E[mary].detach()
+    with torch.no_grad():
+        sae.W_enc.zero_()
+        sae.b_dec.zero_()
+        sae.W_enc[:, 0] = embedding / embedding.pow(2).sum()  # 1.0 on "Mary", little elsewhere
+        sae.b_enc.copy_(torch.tensor([-0.9, 1.0, -5.0]))  # latent 1 fires everywhere, latent 2 never
+    prompts = IOITask().prompts(64, "train", torch.Generator().manual_seed(0))
+    tokens = IOITask().encode(prompts, model.tokenizer)[0]
+    found = find_latents(sae, model, [tokens[:32], tokens[32:]], ["mary"], top=2, min_fires=1)
+    assert found[0].latent == 0 and found[0].share == pytest.approx(1.0)
+    later = tokens[:, 2:]  # the first two positions of each context are skipped by default
+    assert found[0].fires == int((later == mary).sum()) < int((tokens == mary).sum())
+    assert found[0].max_activation == pytest.approx(0.1, abs=1e-4)
+    real = later[(later != 0) & (later != 1)]  # pad and BOS are excluded from the search
+    assert found[1].latent == 1
+    assert found[1].share == pytest.approx(float((real == mary).float().mean()), abs=1e-4)
+
+
+def test_concept_tokens_match_word_prefixes() -> None:
+    model = rama.load(pretrained("ioi"))
+    ids = concept_token_ids(model, ["mar", "sta"])
+    words = sorted(model.tokenizer.convert_ids_to_tokens(ids.tolist()))
+    assert words == ["Mark", "Mary", "market", "station"]  # case-insensitive prefixes; "store" is not "sta"
+    with pytest.raises(ValueError, match="at least one concept word"):
+        concept_token_ids(model, [" "])
