@@ -80,7 +80,8 @@ def test_path_patching_through_the_s_inhibition_head(ioi_pair) -> None:
         Receiver(layer, head, "q") for layer, head in pair.truth["heads"]["name_mover"] if layer > sender[0]
     ]
     assert movers
-    clean = float(pair.metric(pair.model(pair.clean)))
+    with torch.no_grad():
+        clean = float(pair.metric(pair.model(pair.clean)))
     through_movers = path_patch(pair.model, pair.clean, pair.corrupted, pair.metric, [sender], movers)
     direct = path_patch(pair.model, pair.clean, pair.corrupted, pair.metric, [sender], [Receiver.logits()])
     assert through_movers < clean - 1.0  # the path into the name movers' queries carries the signal
@@ -94,7 +95,8 @@ def test_path_patching_through_the_s_inhibition_head(ioi_pair) -> None:
 
 def test_path_patching_with_nothing_changed_is_the_clean_run(ioi_pair) -> None:
     pair = ioi_pair
-    clean = float(pair.metric(pair.model(pair.clean)))
+    with torch.no_grad():
+        clean = float(pair.metric(pair.model(pair.clean)))
     same = path_patch(pair.model, pair.clean, pair.clean, pair.metric, [(0, 1)], [Receiver(2, 0, "k")])
     assert same == pytest.approx(clean, abs=1e-4)
 

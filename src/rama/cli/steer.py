@@ -124,7 +124,7 @@ def _prompts(options: SweepOptions) -> list[str]:
 
 
 def run_sweep(options: SweepOptions) -> int:
-    from rama.interventions.sources import steering_hook
+    from rama.interventions.sources import steering_factory
     from rama.interventions.sweep import embedding_scorer, keyword_scorer, plot_sweep, strength_sweep
 
     model, site, source = _prepare(options)
@@ -139,9 +139,10 @@ def run_sweep(options: SweepOptions) -> int:
         )
     )
     strengths = [float(s) for s in options.strengths.split(",")]
+    hook_at = steering_factory(model, site, source, options.mode)  # type: ignore[arg-type]
     result = strength_sweep(
         model,  # type: ignore[arg-type]
-        lambda strength: [steering_hook(model, site, source, strength, options.mode)],  # type: ignore[arg-type]
+        lambda strength: [hook_at(strength)],
         _prompts(options),
         strengths,
         scorer,

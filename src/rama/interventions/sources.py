@@ -4,6 +4,7 @@ sets — and the hook that applies it, for the `rama steer` commands and for scr
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,18 +77,27 @@ def direction(model: HookedModel, site: str, source: SteeringSource) -> torch.Te
     return contrastive_vector(model, site, list(positive), list(negative))
 
 
-def steering_hook(
-    model: HookedModel, site: str, source: SteeringSource, strength: float, mode: str = "add"
-) -> Hook:
-    """`add`: x + strength·v. `clamp`: the component along v set to `strength` — for an SAE feature,
+def steering_factory(
+    model: HookedModel, site: str, source: SteeringSource, mode: str = "add"
+) -> Callable[[float], Hook]:
+    """Resolve the source once (load the SAE, compute the contrast); return `strength -> hook`.
+    `add`: x + strength·v. `clamp`: the component along v set to `strength` — for an SAE feature,
     its activation set to `strength` through the SAE with the error term kept."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
     if mode == "clamp" and source.sae is not None and source.feature is not None:
         from rama.sae.base import SAE
 
-        return set_features(model, SAE.load(source.sae), [source.feature], strength, site=site)
+        sae, feature = SAE.load(source.sae), source.feature
+        return lambda strength: set_features(model, sae, [feature], strength, site=site)
     vector = direction(model, site, source)
     if mode == "clamp":
-        return clamp_direction(model, site, vector, strength)
-    return add_vector(model, site, vector, strength)
+        return lambda strength: clamp_direction(model, site, vector, strength)
+    return lambda strength: add_vector(model, site, vector, strength)
+
+
+def steering_hook(
+    model: HookedModel, site: str, source: SteeringSource, strength: float, mode: str = "add"
+) -> Hook:
+    """One hook at one strength (see `steering_factory`)."""
+    return steering_factory(model, site, source, mode)(strength)
