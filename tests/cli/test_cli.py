@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import rama
-
-
-def rama_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "rama.cli.main", *args], capture_output=True, text=True)
+from cli_helpers import rama_cli
 
 
 def test_version_and_help_with_examples() -> None:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from cli_helpers import rama_cli
 
 pytestmark = pytest.mark.slow
 KEYS = {
@@ -23,10 +23,6 @@ KEYS = {
     "tokens",
     "tokens_per_s",
 }
-
-
-def rama_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "rama.cli.main", *args], capture_output=True, text=True)
 
 
 def test_train_writes_an_saelens_folder_with_metrics_then_refuses_to_overwrite(

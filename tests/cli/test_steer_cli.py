@@ -2,37 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM
 
 import rama
-from rama.cli.main import main
+from cli_helpers import rama_cli, rama_in_process
 from rama.interventions import add_vector
 from rama.toys import pretrained
 
 TOY = str(pretrained("ioi"))
 SITE = "blocks.2.hook_resid_post"
 PROMPT = "When Mary and John went to the store , John gave a drink to"
-
-
-def rama_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    """The `rama` command in this process (each subprocess would pay ≈ 5 s of imports); one test
-    below runs it as a real subprocess."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(args))
-    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
-
-
-def real_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "rama.cli.main", *args], capture_output=True, text=True)
 
 
 def towards(name: str, tmp_path: Path) -> Path:
@@ -44,12 +27,12 @@ def towards(name: str, tmp_path: Path) -> Path:
 
 def test_steer_prints_both_generations(tmp_path: Path) -> None:
     vector = towards("John", tmp_path)
-    result = real_cli("steer", "--model", TOY, "--site", SITE, "--vector", str(vector), "--strength", "20",
+    result = rama_cli("steer", "--model", TOY, "--site", SITE, "--vector", str(vector), "--strength", "20",
                       "--max-new-tokens", "1", PROMPT)  # fmt: skip
     assert result.returncode == 0, result.stderr
     plain, steered = result.stdout.split("steered (add 20 at blocks.2.hook_resid_post):")
     assert plain.strip().endswith("to Mary") and steered.strip().endswith("to John")
-    contrast = rama_cli("steer", "--model", TOY, "--site", "blocks.1.hook_resid_post", "--contrast",
+    contrast = rama_in_process("steer", "--model", TOY, "--site", "blocks.1.hook_resid_post", "--contrast",
                         "When Mary and John", "When Mary and Mary", "--max-new-tokens", "1", PROMPT)  # fmt: skip
     assert contrast.returncode == 0 and "unsteered:" in contrast.stdout, contrast.stderr
 
@@ -57,7 +40,7 @@ def test_steer_prints_both_generations(tmp_path: Path) -> None:
 def test_sweep_measures_concept_rate_and_perplexity(tmp_path: Path) -> None:
     vector = towards("John", tmp_path)
     out = tmp_path / "sweep"
-    result = rama_cli("steer", "sweep", "--model", TOY, "--site", SITE, "--vector", str(vector),
+    result = rama_in_process("steer", "sweep", "--model", TOY, "--site", SITE, "--vector", str(vector),
                       "--prompts", PROMPT, "--prompts", PROMPT.replace("Mary", "Kate"), "--strengths", "0,20",
                       "--keywords", "John", "--max-new-tokens", "1", "--out", str(out))  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -71,7 +54,7 @@ def test_sweep_measures_concept_rate_and_perplexity(tmp_path: Path) -> None:
 def test_export_writes_a_model_plain_transformers_runs_steered(tmp_path: Path) -> None:
     vector = towards("John", tmp_path)
     out = tmp_path / "steered"
-    result = rama_cli("steer", "export", "--model", TOY, "--site", SITE, "--vector", str(vector),
+    result = rama_in_process("steer", "export", "--model", TOY, "--site", SITE, "--vector", str(vector),
                       "--strength", "20", "--out", str(out))  # fmt: skip
     assert result.returncode == 0, result.stderr
     plain = AutoModelForCausalLM.from_pretrained(out).eval()
@@ -83,23 +66,23 @@ def test_export_writes_a_model_plain_transformers_runs_steered(tmp_path: Path) -
 
 
 def test_bad_steering_commands_are_clear(tmp_path: Path) -> None:
-    result = rama_cli("steer", "--model", TOY, "--site", SITE, PROMPT)
+    result = rama_in_process("steer", "--model", TOY, "--site", SITE, PROMPT)
     assert result.returncode == 1 and "exactly one steering source" in result.stderr
     vector = towards("John", tmp_path)
-    result = rama_cli("steer", "export", "--model", TOY, "--site", SITE, "--vector", str(vector), "--mode",
+    result = rama_in_process("steer", "export", "--model", TOY, "--site", SITE, "--vector", str(vector), "--mode",
                       "clamp", "--out", str(tmp_path / "x"))  # fmt: skip
     assert result.returncode == 1 and "only additive steering" in result.stderr
     bad = tmp_path / "short.pt"
     torch.save(torch.ones(10), bad)
-    result = rama_cli("steer", "--model", TOY, "--site", SITE, "--vector", str(bad), PROMPT)
+    result = rama_in_process("steer", "--model", TOY, "--site", SITE, "--vector", str(bad), PROMPT)
     assert result.returncode == 1 and "must have shape (64,)" in result.stderr
-    helped = real_cli("steer", "--help")
+    helped = rama_cli("steer", "--help")
     assert (
         helped.returncode == 0
         and "example: rama steer" in helped.stdout
         and "steer sweep --help" in helped.stdout
     )
-    sweep_help = real_cli("steer", "sweep", "--help")
+    sweep_help = rama_cli("steer", "sweep", "--help")
     assert sweep_help.returncode == 0 and "--keywords" in sweep_help.stdout
 
 
@@ -112,9 +95,9 @@ def test_steer_with_an_sae_feature(tmp_path: Path) -> None:
     with torch.no_grad():
         sae.W_dec[5] = john / john.norm()
     sae.save(tmp_path / "sae")
-    result = rama_cli("steer", "--model", TOY, "--sae", str(tmp_path / "sae"), "--feature", "5", "--mode", "clamp",
+    result = rama_in_process("steer", "--model", TOY, "--sae", str(tmp_path / "sae"), "--feature", "5", "--mode", "clamp",
                       "--strength", "30", "--max-new-tokens", "1", PROMPT)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert f"steered (clamp 30 at {SITE})" in result.stdout  # the SAE's own site is the default
-    bad = rama_cli("steer", "--model", TOY, "--sae", str(tmp_path / "sae"), "--feature", "500", PROMPT)
+    bad = rama_in_process("steer", "--model", TOY, "--sae", str(tmp_path / "sae"), "--feature", "500", PROMPT)
     assert bad.returncode == 1 and "outside this SAE's 128 latents" in bad.stderr

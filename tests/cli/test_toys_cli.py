@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 from transformers import GPT2LMHeadModel
 
 import rama
-
-
-def rama_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "rama.cli.main", *args], capture_output=True, text=True)
+from cli_helpers import rama_cli
 
 
 def test_train_writes_a_loadable_toy_and_never_overwrites(tmp_path: Path) -> None:

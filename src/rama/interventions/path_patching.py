@@ -20,6 +20,7 @@ from rama.hooks.model import HookedModel
 from rama.interventions.patching import Metric, PatchResult, _check_pair
 
 Head = tuple[int, int]
+Inputs = torch.Tensor | str | list[str]
 
 
 @dataclass(frozen=True)
@@ -89,10 +90,30 @@ def kv_index(model: HookedModel, receiver: Receiver) -> int:
     return receiver.head * model.cfg.n_kv_heads // model.cfg.n_heads
 
 
+def _direction_pair(
+    model: HookedModel, clean: Inputs, corrupted: Inputs, direction: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(base tokens, other tokens): noising runs clean with senders from corrupted; denoising, the reverse."""
+    if direction not in ("denoising", "noising"):
+        raise ValueError(f"direction must be 'denoising' or 'noising'; got {direction!r}")
+    clean_tokens, corrupted_tokens = model.to_tokens(clean), model.to_tokens(corrupted)
+    _check_pair(clean_tokens, corrupted_tokens)
+    if direction == "noising":
+        return clean_tokens, corrupted_tokens
+    return corrupted_tokens, clean_tokens
+
+
+def _component_caches(model: HookedModel, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every head output (`hook_z`) and MLP output of one run."""
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names=lambda s: s.endswith(("attn.hook_z", "hook_mlp_out")))
+    return dict(cache)
+
+
 def path_patch(
     model: HookedModel,
-    clean: torch.Tensor | str | list[str],
-    corrupted: torch.Tensor | str | list[str],
+    clean: Inputs,
+    corrupted: Inputs,
     metric: Metric,
     senders: Sequence[Head],
     receivers: Sequence[Receiver],
@@ -101,16 +122,23 @@ def path_patch(
     """The metric after patching the senders → receivers paths. Noising (the IOI paper's way) runs
     the clean input with the senders from the corrupted one; denoising, the reverse."""
     _check(model, senders, receivers)
-    clean_tokens, corrupted_tokens = model.to_tokens(clean), model.to_tokens(corrupted)
-    _check_pair(clean_tokens, corrupted_tokens)
-    base_tokens, other_tokens = (
-        (clean_tokens, corrupted_tokens) if direction == "noising" else (corrupted_tokens, clean_tokens)
-    )
-    names = lambda s: s.endswith(("attn.hook_z", "hook_mlp_out"))  # noqa: E731
+    base_tokens, other_tokens = _direction_pair(model, clean, corrupted, direction)
+    base, other = _component_caches(model, base_tokens), _component_caches(model, other_tokens)
+    return _patch_paths(model, base_tokens, base, other, metric, senders, receivers)
+
+
+def _patch_paths(
+    model: HookedModel,
+    base_tokens: torch.Tensor,
+    base: dict[str, torch.Tensor],
+    other: dict[str, torch.Tensor],
+    metric: Metric,
+    senders: Sequence[Head],
+    receivers: Sequence[Receiver],
+) -> float:
+    """Runs 1 and 2 of the module docstring, from the two runs' component caches."""
+    frozen = _freeze(model, base, other, senders)
     with torch.no_grad():
-        _, base = model.run_with_cache(base_tokens, names=names)
-        _, other = model.run_with_cache(other_tokens, names=names)
-        frozen = _freeze(model, dict(base), dict(other), senders)
         if any(r.input == "logits" for r in receivers):
             if len(receivers) > 1:
                 raise ValueError("the logits receiver stands alone; patch head receivers in a separate call")
@@ -139,27 +167,33 @@ def _receive(
 
 def path_patching_senders(
     model: HookedModel,
-    clean: torch.Tensor | str | list[str],
-    corrupted: torch.Tensor | str | list[str],
+    clean: Inputs,
+    corrupted: Inputs,
     metric: Metric,
     receivers: Sequence[Receiver],
     direction: str = "noising",
 ) -> PatchResult:
     """Every head before the receivers as a lone sender: `values [layer, head]` (NaN where a head
     cannot send, at or after a receiver's layer)."""
-    clean_tokens, corrupted_tokens = model.to_tokens(clean), model.to_tokens(corrupted)
+    base_tokens, other_tokens = _direction_pair(model, clean, corrupted, direction)
+    base, other = (
+        _component_caches(model, base_tokens),
+        _component_caches(model, other_tokens),
+    )  # once for all
     last = min((r.layer for r in receivers if r.input != "logits"), default=model.cfg.n_layers)
     values = torch.full((model.cfg.n_layers, model.cfg.n_heads), float("nan"))
     for layer in range(last):
         for head in range(model.cfg.n_heads):
-            values[layer, head] = path_patch(
-                model, clean_tokens, corrupted_tokens, metric, [(layer, head)], receivers, direction
+            _check(model, [(layer, head)], receivers)
+            values[layer, head] = _patch_paths(
+                model, base_tokens, base, other, metric, [(layer, head)], receivers
             )
+    clean_tokens, corrupted_tokens = (
+        (base_tokens, other_tokens) if direction == "noising" else (other_tokens, base_tokens)
+    )
     with torch.no_grad():
-        clean_value, corrupted_value = (
-            float(metric(model(clean_tokens))),
-            float(metric(model(corrupted_tokens))),
-        )
+        clean_value = float(metric(model(clean_tokens)))
+        corrupted_value = float(metric(model(corrupted_tokens)))
     return PatchResult(
         values=values,
         dims=("layer", "head"),

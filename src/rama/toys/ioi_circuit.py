@@ -24,12 +24,12 @@ def ioi_ground_truth(model: Any, tokenizer: Any, task: IOITask, prompts: list[IO
     tokens, _ = task.encode(prompts, tokenizer)
     with torch.no_grad():
         logits, cache = hooked.run_with_cache(
-            tokens, names=lambda s: s.endswith(("hook_pattern", "hook_result"))
+            tokens, names=lambda s: s.endswith(("hook_pattern", "hook_result")) or s == _last_resid(hooked)
         )
     assert logits is not None
     clean = logit_difference(logits, prompts, tokenizer)
     attention = head_attention(cache.stack("attn.hook_pattern"), prompts)
-    direct = direct_effects(hooked, cache, tokens, prompts, tokenizer)
+    direct = direct_effects(hooked, cache, prompts, tokenizer)
     ablation = mean_ablation_effects(hooked, tokens, prompts, tokenizer, clean)
     numbers = {"logit_difference": float(clean.mean()), "attention": attention, "direct_effect": direct}
     numbers["mean_ablation_effect"] = ablation
@@ -62,8 +62,12 @@ def head_attention(patterns: torch.Tensor, prompts: list[IOIPrompt]) -> dict[str
     }
 
 
+def _last_resid(hooked: HookedModel) -> str:
+    return f"blocks.{hooked.cfg.n_layers - 1}.hook_resid_post"
+
+
 def direct_effects(
-    hooked: HookedModel, cache: Any, tokens: torch.Tensor, prompts: list[IOIPrompt], tokenizer: Any
+    hooked: HookedModel, cache: Any, prompts: list[IOIPrompt], tokenizer: Any
 ) -> list[list[float]]:
     """Each head's write at END through the final LayerNorm (its scale frozen at the clean run) onto
     W_U[IO] − W_U[S]: `[layer][head]`, mean over prompts."""
@@ -71,8 +75,7 @@ def direct_effects(
     rows = torch.arange(len(prompts))
     final = hooked.hf.transformer.ln_f
     with torch.no_grad():
-        _, resid = hooked.run_with_cache(tokens, names=f"blocks.{hooked.cfg.n_layers - 1}.hook_resid_post")
-        x = resid[f"blocks.{hooked.cfg.n_layers - 1}.hook_resid_post"][rows, end]  # [n, d_model]
+        x = cache[_last_resid(hooked)][rows, end]  # [n, d_model], the final LayerNorm's input
         scale = (x.var(-1, unbiased=False, keepdim=True) + final.eps).sqrt()
         io = torch.tensor(tokenizer.convert_tokens_to_ids([p.io for p in prompts]))
         s = torch.tensor(tokenizer.convert_tokens_to_ids([p.s for p in prompts]))
