@@ -1,10 +1,15 @@
-"""Measured steering on SmolLM2-135M: three concepts, each steered with an SAE feature (found by a
-search over the latents' activations on the built-in corpus) and with a contrastive vector; for each,
-a strength sweep of concept rate (keyword scorer) and perplexity under the unsteered model; then a
-Golden-Gate-style clamp.
+"""Measured steering on SmolLM2-135M: concepts steered with an SAE feature and with a contrastive
+vector, each over a sweep of strengths, scored by concept rate (keyword scorer) and perplexity under
+the unsteered model; then a Golden-Gate-style clamp.
 
-    rama sae train --site blocks.12.hook_resid_post --width 4608 --k 32 --tokens 1000000 --out sae-l12
-    python examples/steering.py sae-l12 [--out docs/steering]
+The SAE latent for a concept is found in two steps: candidates are the latents most active on short
+concept texts against neutral ones (`latents_by_contrast`), and among them the one whose decoder row
+most raises the probability of the concept's words when added (`latents_by_effect`, on prompts that
+are not the evaluation prompts). Strengths are the norm of what is added to the residual stream, so
+both methods share one axis (the residual norm at this site is ≈ 150 from position 2 on).
+
+    rama sae train --site blocks.9.hook_resid_post --width 4608 --k 32 --tokens 1500000 --out sae-l9
+    python examples/steering.py sae-l9 [--out docs/steering]
 """
 
 from __future__ import annotations
@@ -18,12 +23,12 @@ import torch
 import rama
 from rama.atomic import write_text
 from rama.data import PackConfig, token_batches
-from rama.features import find_latents, latents_by_contrast, top_activations
+from rama.features import latents_by_contrast, latents_by_effect, top_activations
 from rama.interventions import add_vector, contrastive_vector, set_features
 from rama.interventions.sweep import SweepPoint, SweepResult, keyword_scorer, plot_sweep, strength_sweep
 from rama.sae import SAE
 
-PROMPTS = [
+PROMPTS = [  # evaluation: the sweeps' concept rates and perplexities
     "I think that",
     "Yesterday I",
     "My favourite thing is",
@@ -36,6 +41,18 @@ PROMPTS = [
     "Last week we",
     "He looked out of the window and",
     "The story begins when",
+    "Everyone knows that",
+    "When I was young",
+    "The problem with this is",
+    "After dinner they",
+]
+SELECTION = [  # only for choosing the SAE latent, so the evaluation prompts play no part in it
+    "The old man said",
+    "It was a long time ago and",
+    "We went out and",
+    "Then she wrote",
+    "Here is a short story:",
+    "The people of the town",
 ]
 NEUTRAL = [
     "The weather report said",
@@ -47,14 +64,44 @@ NEUTRAL = [
     "They walked home after work",
     "The book was on the table",
 ]
-CONCEPTS = {
+CONCEPTS: dict[str, dict[str, str | list[str]]] = {
     "sea": {
-        "keywords": "sea,ocean,ship,sail,whale,wave,boat,shore,fish,water,captain",
+        "keywords": "sea,ocean,ship,sail,whale,wave,boat,shore,fish,water,captain,tide,beach,coast,harbo,voyage",
         "examples": [
             "The ship sailed across the stormy sea",
             "The ocean waves crashed against the shore",
             "The sailors saw a whale in the deep water",
             "We took a boat out on the sea to fish",
+            "The captain steered the ship into the harbour",
+            "The tide came in over the sandy beach",
+            "Salt spray blew off the waves of the ocean",
+            "The fishermen hauled their nets onto the boat",
+        ],
+    },
+    "war": {
+        "keywords": "war,battle,sword,army,soldier,fight,enemy,kill,weapon,troops,attack,conquer",
+        "examples": [
+            "The army marched into battle against the enemy",
+            "The soldiers fought with swords and spears",
+            "War broke out and the troops were sent to fight",
+            "The king led his soldiers into the battle",
+            "The enemy attacked the city at dawn",
+            "Thousands were killed in the war",
+            "The troops raised their weapons and charged",
+            "They fought to conquer the land of their enemies",
+        ],
+    },
+    "food": {
+        "keywords": "food,eat,ate,bread,meat,cook,dinner,breakfast,supper,feast,fruit,meal,hungry,delicious,taste,kitchen,bake",
+        "examples": [
+            "She baked fresh bread and cooked a delicious meal",
+            "We ate a feast of roast meat, fruit and cheese",
+            "The kitchen smelled of soup and baking bread",
+            "He was hungry and ate his dinner quickly",
+            "They cooked breakfast: eggs, bacon and toast",
+            "The cake tasted of sugar, butter and cream",
+            "For supper there was fish, potatoes and pie",
+            "She tasted the sauce and added more salt",
         ],
     },
     "marriage": {
@@ -64,45 +111,60 @@ CONCEPTS = {
             "The bride and groom were married in the church",
             "He asked her to be his wife",
             "Their marriage was a happy one, husband and wife",
-        ],
-    },
-    "war": {
-        "keywords": "war,battle,sword,army,soldier,fight,enemy,kill,weapon,troops",
-        "examples": [
-            "The army marched into battle against the enemy",
-            "The soldiers fought with swords and spears",
-            "War broke out and the troops were sent to fight",
-            "The king led his soldiers into the battle",
+            "The wedding guests cheered for the bride",
+            "He proposed and she said yes; they would marry",
+            "After the wedding, the husband and wife went home",
+            "They celebrated ten years of marriage",
         ],
     },
 }
-SITE = "blocks.12.hook_resid_post"
+SITE = "blocks.9.hook_resid_post"
+# norms of the vector added to the residual stream
+NORMS = [0.0, 20.0, 30.0, 40.0, 45.0, 50.0, 55.0, 60.0, 70.0, 80.0, 100.0]
+STRENGTH_LABEL = "norm of the vector added (residual ≈ 150)"
 
 
-def sweep_feature(model: rama.HookedModel, sae: SAE, latent: int, keywords: str) -> SweepResult:
-    """Clamp the feature's activation (from position 1 on, generated tokens included); its decoder
-    row has norm ≈ 9.8 against a residual norm of ≈ 135 at this site."""
-    strengths = [0.0, 2.0, 4.0, 6.0, 8.0, 10.0]
+def keywords_of(name: str) -> list[str]:
+    return str(CONCEPTS[name]["keywords"]).split(",")
+
+
+def examples_of(name: str) -> list[str]:
+    return list(CONCEPTS[name]["examples"])
+
+
+def choose_latent(model: rama.HookedModel, sae: SAE, name: str) -> dict[str, object]:
+    """Contrast for candidates (what the latent reads), then effect for the choice (what it writes)."""
+    candidates = latents_by_contrast(sae, model, examples_of(name), NEUTRAL, top=128)
+    ranked = latents_by_effect(
+        sae, model, SELECTION, keywords_of(name), candidates=[i for i, _ in candidates], top=3
+    )
+    return {"latent": ranked[0].latent, "ranked_by_effect": [r.__dict__ for r in ranked]}
+
+
+def sweep_feature(model: rama.HookedModel, sae: SAE, latent: int, name: str) -> SweepResult:
+    """Clamp the feature's activation from position 1 on (generated tokens included): a clamp to c
+    adds about c·‖W_dec[latent]‖, so each norm on the axis is reached with c = norm / ‖W_dec[latent]‖."""
+    row_norm = float(sae.W_dec[latent].detach().norm())
     return strength_sweep(
         model,
-        lambda value: [set_features(model, sae, [latent], value, positions=slice(1, None))],
+        lambda norm: [set_features(model, sae, [latent], norm / row_norm, positions=slice(1, None))],
         PROMPTS,
-        strengths,
-        keyword_scorer(keywords.split(",")),
-        f"keywords: {keywords}",
+        NORMS,
+        keyword_scorer(keywords_of(name)),
+        "keywords: " + ",".join(keywords_of(name)),
         SITE,
     )
 
 
-def sweep_vector(model: rama.HookedModel, vector: torch.Tensor, keywords: str) -> SweepResult:
-    strengths = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0]
+def sweep_vector(model: rama.HookedModel, direction: torch.Tensor, name: str) -> SweepResult:
+    unit = direction / direction.norm()
     return strength_sweep(
         model,
-        lambda value: [add_vector(model, SITE, vector, value, positions=slice(1, None))],
+        lambda norm: [add_vector(model, SITE, unit, norm, positions=slice(1, None))],
         PROMPTS,
-        strengths,
-        keyword_scorer(keywords.split(",")),
-        f"keywords: {keywords}",
+        NORMS,
+        keyword_scorer(keywords_of(name)),
+        "keywords: " + ",".join(keywords_of(name)),
         SITE,
     )
 
@@ -129,54 +191,57 @@ def summary(result: SweepResult) -> dict[str, object]:
     }
 
 
+def report(name: str, results: dict[str, SweepResult]) -> None:
+    for method, result in results.items():
+        points = ", ".join(f"{p.strength:g}→{p.concept_rate:.2f}/{p.perplexity:.1f}" for p in result.points)
+        print(f"  {method}: {points}")
+        best = result.best(2.0)
+        if best is not None:
+            print(f"    best under 2× perplexity: norm {best.strength:g}, rate {best.concept_rate:.2f}")
+            print(f"    {best.examples[0]!r}")
+
+
+def steer_concept(
+    model: rama.HookedModel, sae: SAE, name: str, batches: list[torch.Tensor], out: Path
+) -> dict[str, object]:
+    choice = choose_latent(model, sae, name)
+    latent = int(choice["latent"])  # type: ignore[call-overload]
+    contexts = top_activations(sae, model, batches, [latent], k=5)[latent]
+    print(f"{name}: latent {latent}; top contexts:")
+    print("   " + " | ".join(repr(a.context[-40:]) for a in contexts))
+    vector = contrastive_vector(model, SITE, examples_of(name), NEUTRAL, last_only=False)
+    results = {
+        f"SAE latent {latent} (clamp)": sweep_feature(model, sae, latent, name),
+        f"contrastive vector (add; own norm {float(vector.norm()):.0f})": sweep_vector(model, vector, name),
+    }
+    plot_sweep(results, out / f"{name}.png", f"steering SmolLM2 towards '{name}' at {SITE}", STRENGTH_LABEL)
+    report(name, results)
+    return {
+        **choice,
+        "latent_top_contexts": [a.context for a in contexts],
+        **{method: summary(r) for method, r in results.items()},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("sae", help="an SAE trained on blocks.12.hook_resid_post of SmolLM2-135M")
+    parser.add_argument("sae", help=f"an SAE trained on {SITE} of SmolLM2-135M")
     parser.add_argument("--out", default="docs/steering")
-    parser.add_argument("--search-batches", type=int, default=24)
+    parser.add_argument("--concepts", default=",".join(CONCEPTS), help="which of the built-in concepts")
+    parser.add_argument("--search-batches", type=int, default=24, help="corpus batches for top contexts")
     parser.add_argument("--replot", action="store_true", help="redraw the figures from OUT/steering.json")
     args = parser.parse_args()
+    out = Path(args.out)
     if args.replot:
-        return replot(Path(args.out))
+        return replot(out)
     model = rama.load("smollm2-135m")
     sae = SAE.load(args.sae)
-    out = Path(args.out)
     batches = list(token_batches(model.tokenizer, batch_size=8, config=PackConfig(context_size=128, seed=1)))
-    record: dict[str, object] = {}
-    for name, concept in CONCEPTS.items():
-        keywords = str(concept["keywords"])
-        by_word = find_latents(sae, model, batches[: args.search_batches], keywords.split(","), top=3)
-        by_contrast = latents_by_contrast(sae, model, list(concept["examples"]), NEUTRAL, top=3)
-        latent = by_contrast[0][0]
-        contexts = top_activations(sae, model, batches[: args.search_batches], [latent], k=3)[latent]
-        print(
-            f"{name}: token detectors {[(m.latent, round(m.share, 2)) for m in by_word]}; topic latent {latent}:"
-        )
-        print("   " + " | ".join(repr(a.context[-40:]) for a in contexts))
-        vector = contrastive_vector(model, SITE, list(concept["examples"]), NEUTRAL, last_only=False)
-        results = {
-            f"SAE latent {latent} (clamp)": sweep_feature(model, sae, latent, keywords),
-            "contrastive vector (add)": sweep_vector(model, vector, keywords),
-        }
-        plot_sweep(results, out / f"{name}.png", f"steering SmolLM2 towards '{name}' at {SITE}")
-        record[name] = {
-            "latent": latent,
-            "latent_top_contexts": [a.context for a in contexts],
-            "token_detector_latents": [m.__dict__ for m in by_word],
-            **{method: summary(r) for method, r in results.items()},
-        }
-        for method, result in results.items():
-            best = result.best(2.0)
-            print(
-                f"  {method}: "
-                + ", ".join(f"{p.strength:g}→{p.concept_rate:.2f}/{p.perplexity:.1f}" for p in result.points)
-            )
-            if best is not None:
-                print(
-                    f"    best under 2× perplexity: strength {best.strength:g}, rate {best.concept_rate:.2f}: {best.examples[0]!r}"
-                )
+    record: dict[str, object] = {"site": SITE, "prompts": PROMPTS, "selection_prompts": SELECTION}
+    for name in args.concepts.split(","):
+        record[name] = steer_concept(model, sae, name, batches[: args.search_batches], out)
     record["golden_gate"] = golden_gate(model, sae, record)
     write_text(out / "steering.json", json.dumps(record, indent=1))
 
@@ -184,23 +249,31 @@ def main() -> None:
 def replot(out: Path) -> None:
     record = json.loads((out / "steering.json").read_text())
     for name in CONCEPTS:
+        if name not in record:
+            continue
         results = {
             method: SweepResult([SweepPoint(**p) for p in data["points"]], "", SITE)
             for method, data in record[name].items()
             if isinstance(data, dict) and "points" in data
         }
-        plot_sweep(results, out / f"{name}.png", f"steering SmolLM2 towards '{name}' at {SITE}")
+        plot_sweep(
+            results, out / f"{name}.png", f"steering SmolLM2 towards '{name}' at {SITE}", STRENGTH_LABEL
+        )
 
 
-def golden_gate(model: rama.HookedModel, sae: SAE, record: dict[str, object]) -> dict[str, str]:
-    """Golden-Gate style: the 'sea' direction added at the strength the sweep found best, while the
-    model talks about itself (the contrastive vector: it is the method that reached the concept)."""
-    vector = contrastive_vector(model, SITE, list(CONCEPTS["sea"]["examples"]), NEUTRAL, last_only=False)
+def golden_gate(model: rama.HookedModel, sae: SAE, record: dict[str, object]) -> dict[str, object]:
+    """Golden-Gate style: the 'sea' SAE latent clamped at the strongest norm the sweep kept fluent,
+    while the model talks about itself."""
     found = record["sea"]
     assert isinstance(found, dict)
-    best = found["contrastive vector (add)"]["best_under_2x_perplexity"]
-    hook = add_vector(model, SITE, vector, best["strength"] if best else 1.5, positions=slice(1, None))
-    texts = {}
+    latent = int(found["latent"])
+    method = next(key for key in found if key.startswith("SAE latent"))
+    best = found[method]["best_under_2x_perplexity"]
+    norm = best["strength"] if best else 50.0
+    hook = set_features(
+        model, sae, [latent], norm / float(sae.W_dec[latent].detach().norm()), positions=slice(1, None)
+    )
+    texts: dict[str, object] = {"latent": latent, "norm": norm}
     for prompt in (
         "Let me describe myself. I am",
         "My favourite place in the world is",
@@ -208,8 +281,10 @@ def golden_gate(model: rama.HookedModel, sae: SAE, record: dict[str, object]) ->
     ):
         plain = model.generate(prompt, max_new_tokens=25)
         steered = model.generate(prompt, max_new_tokens=25, fwd_hooks=[hook])
-        print(f"\n{prompt!r}\n  unsteered: {plain[len(prompt) :]!r}\n  sea clamp: {steered[len(prompt) :]!r}")
-        texts[prompt] = str(steered)
+        print(
+            f"\n{prompt!r}\n  unsteered: {plain[len(prompt) :]!r}\n  sea latent: {steered[len(prompt) :]!r}"
+        )
+        texts[prompt] = {"unsteered": plain, "steered": steered}
     return texts
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import rama
-from rama.features import concept_token_ids, find_latents
+from rama.features import concept_token_ids, find_latents, latents_by_effect
 from rama.sae.base import SAE, SAEConfig
 from rama.toys import pretrained
 from rama.toys.ioi import IOITask
@@ -41,3 +41,24 @@ def test_concept_tokens_match_word_prefixes() -> None:
     assert words == ["Mark", "Mary", "market", "station"]  # case-insensitive prefixes; "store" is not "sta"
     with pytest.raises(ValueError, match="at least one concept word"):
         concept_token_ids(model, [" "])
+
+
+def test_latents_are_ranked_by_how_much_they_make_the_model_say_the_concept() -> None:
+    model = rama.load(pretrained("ioi"))
+    site = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    mary = model.tokenizer.convert_tokens_to_ids("Mary")
+    towards_mary = model.W_U[:, mary].detach()
+    sae = SAE.create(SAEConfig(d_in=64, d_sae=4, architecture="standard", hook_name=site))
+    with torch.no_grad():
+        sae.W_dec.copy_(torch.randn(4, 64, generator=torch.Generator().manual_seed(0)))
+        sae.W_dec[1] = towards_mary
+        sae.W_dec[2] = -towards_mary
+    prompts = ["Then, John and Mary went to the store.", "When Paul and Anna had a drink"]
+    ranked = latents_by_effect(sae, model, prompts, ["mary"], norm=20.0, top=4)
+    assert ranked[0].latent == 1 and ranked[-1].latent == 2
+    assert ranked[0].gain > 1.0 > 0.0 > ranked[-1].gain  # nats of log P(next token is "Mary")
+    only = latents_by_effect(sae, model, prompts, ["mary"], candidates=[3, 2], norm=20.0, top=5)
+    assert [r.latent for r in only] == [3, 2]
+    assert only[1].gain == pytest.approx(ranked[-1].gain, abs=1e-4)  # batching does not change a score
+    with pytest.raises(ValueError, match="outside the SAE, which has 4"):
+        latents_by_effect(sae, model, prompts, ["mary"], candidates=[4])

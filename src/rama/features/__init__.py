@@ -1,13 +1,22 @@
 """Features: what SAE latents respond to (top activations now; dashboards later)."""
 
-from rama.features.search import LatentMatch, concept_token_ids, find_latents, latents_by_contrast
+from rama.features.search import (
+    LatentEffect,
+    LatentMatch,
+    concept_token_ids,
+    find_latents,
+    latents_by_contrast,
+    latents_by_effect,
+)
 from rama.features.top_activations import TopActivation, top_activations
 
 __all__ = [
+    "LatentEffect",
     "LatentMatch",
     "TopActivation",
     "concept_token_ids",
     "find_latents",
     "latents_by_contrast",
+    "latents_by_effect",
     "top_activations",
 ]

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 
 import torch
 
+from rama.hooks.core import HookPoint
 from rama.hooks.model import HookedModel
+from rama.hooks.tokens import Batch
 from rama.sae.base import SAE
 from rama.sae.harvest import keep_mask
 
@@ -94,3 +96,78 @@ def latents_by_contrast(
     difference = mean_codes(positive) - mean_codes(negative)
     best = difference.topk(top)
     return [(int(i), float(v)) for v, i in zip(best.values.tolist(), best.indices.tolist(), strict=True)]
+
+
+@dataclass(frozen=True)
+class LatentEffect:
+    latent: int
+    gain: float  # rise in log P(next token is a concept token), nats, averaged over prompts and positions
+    entropy: float  # mean next-token entropy with the latent added, nats (high = the text is falling apart)
+
+
+def latents_by_effect(
+    sae: SAE,
+    model: HookedModel,
+    prompts: Sequence[str],
+    words: Sequence[str],
+    candidates: Sequence[int] | None = None,
+    norm: float = 50.0,
+    top: int = 5,
+    chunk: int = 32,
+) -> list[LatentEffect]:
+    """Latents ranked by what they do rather than what they read: each candidate's decoder row, scaled
+    to `norm`, is added at the SAE's site from position 1 on, and the score is how much it raises the
+    probability that the next token is one of the concept's (`concept_token_ids(words)`). Latents that
+    fire on a concept often only detect it; the ones that make the model produce it are the ones that
+    steer. Candidates run `chunk` at a time in one batched forward pass each."""
+    concept = concept_token_ids(model, words)
+    chosen = list(range(sae.cfg.d_sae)) if candidates is None else check_latents(sae, candidates)
+    batch = model.tokenize(list(prompts))
+    base_gain, _ = _concept_log_mass(model, sae.cfg.hook_name, batch, torch.zeros(1, sae.cfg.d_in), concept)
+    gains, entropies = [], []
+    for start in range(0, len(chosen), chunk):
+        rows = sae.W_dec[chosen[start : start + chunk]].detach().float()
+        vectors = rows / rows.norm(dim=-1, keepdim=True).clamp_min(1e-12) * norm
+        gain, entropy = _concept_log_mass(model, sae.cfg.hook_name, batch, vectors, concept)
+        gains.append(gain - base_gain)
+        entropies.append(entropy)
+    gain, entropy = torch.cat(gains), torch.cat(entropies)
+    order = gain.argsort(descending=True)[:top].tolist()
+    return [LatentEffect(chosen[i], float(gain[i]), float(entropy[i])) for i in order]
+
+
+def check_latents(sae: SAE, latents: Sequence[int]) -> list[int]:
+    bad = [i for i in latents if not 0 <= int(i) < sae.cfg.d_sae]
+    if bad:
+        raise ValueError(
+            f"latents {bad[:5]} are outside the SAE, which has {sae.cfg.d_sae} (0–{sae.cfg.d_sae - 1})"
+        )
+    if not latents:
+        raise ValueError("give at least one candidate latent")
+    return [int(i) for i in latents]
+
+
+def _concept_log_mass(
+    model: HookedModel, site: str, batch: Batch, vectors: torch.Tensor, concept: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each vector `[n, d]`: the mean over prompts and positions ≥ 1 of log Σ_concept p(next token),
+    and the mean next-token entropy, with the vector added at `site` from position 1 on."""
+    n, prompts = vectors.shape[0], batch.tokens.shape[0]
+    mask = batch.attention_mask if batch.attention_mask is not None else torch.ones_like(batch.tokens)
+    added = vectors.repeat_interleave(prompts, 0)  # [n * prompts, d]
+
+    def add(activation: torch.Tensor, point: HookPoint) -> torch.Tensor:
+        out = activation.clone()
+        out[:, 1:] += added[:, None, :].to(activation.dtype)
+        return out
+
+    with torch.no_grad():
+        logits = model.run_with_hooks(
+            batch.tokens.repeat(n, 1), fwd_hooks=[(site, add)], attention_mask=mask.repeat(n, 1)
+        )
+    log_probs = logits[:, 1:].float().log_softmax(-1)  # predictions made at positions ≥ 1
+    keep = mask.repeat(n, 1)[:, 1:].float()
+    mass = log_probs[..., concept].logsumexp(-1)
+    entropy = -(log_probs.exp() * log_probs).sum(-1)
+    per_row = [(value * keep).sum(1) / keep.sum(1).clamp_min(1) for value in (mass, entropy)]
+    return per_row[0].view(n, prompts).mean(1), per_row[1].view(n, prompts).mean(1)

@@ -140,7 +140,12 @@ def strength_sweep(
     return SweepResult(points, scorer_name, site)
 
 
-def plot_sweep(results: dict[str, SweepResult], path: str | os.PathLike[str], title: str = "") -> Path:
+def plot_sweep(
+    results: dict[str, SweepResult],
+    path: str | os.PathLike[str],
+    title: str = "",
+    strength_label: str = "steering strength (a clamp value or an ActAdd coefficient)",
+) -> Path:
     """Concept rate and perplexity against strength, one line per steering method."""
     plt = pyplot()
     figure, (rate_axis, ppl_axis) = plt.subplots(1, 2, figsize=(11, 3.8))
@@ -152,9 +157,9 @@ def plot_sweep(results: dict[str, SweepResult], path: str | os.PathLike[str], ti
         ppl_axis.axhline(2 * result.baseline().perplexity, color="0.6", ls=":", lw=1)
     rate_axis.set_ylim(-0.05, 1.05)
     rate_axis.axhline(0.8, color="0.6", ls=":", lw=1)
-    rate_axis.set_xlabel("steering strength (a clamp value or an ActAdd coefficient)")
+    rate_axis.set_xlabel(strength_label)
     rate_axis.set_ylabel("concept rate (share of continuations)")
-    ppl_axis.set_xlabel("steering strength (a clamp value or an ActAdd coefficient)")
+    ppl_axis.set_xlabel(strength_label)
     ppl_axis.set_ylabel("perplexity under the unsteered model")
     ppl_axis.set_yscale("log")
     rate_axis.legend(fontsize=8)
