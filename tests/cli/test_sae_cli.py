@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_helpers import rama_cli
+from cli_helpers import rama_cli, rama_in_process
 
 pytestmark = pytest.mark.slow
 KEYS = {
@@ -84,3 +84,23 @@ def test_eval_refuses_an_sae_of_the_wrong_width(tmp_path: Path, smollm: object) 
     assert result.returncode == 1 and "d_in=100" in result.stderr and "width 576" in result.stderr
     result = rama_cli("sae", "eval", str(tmp_path / "s"), "--site", "blocks.0.hook_resid_psot")
     assert result.returncode == 1 and "not a site" in result.stderr
+
+
+def test_train_fills_an_activation_cache_that_the_next_run_reuses(tmp_path: Path, smollm: object) -> None:
+    def train(out: str) -> dict[str, float]:
+        result = rama_in_process(
+            "sae", "train", "--site", "blocks.1.hook_resid_post", "--width", "64", "--k", "4",
+            "--tokens", "4096", "--batch-size", "512", "--eval-tokens", "512",
+            "--activation-cache", str(tmp_path / "acts"), "--out", str(tmp_path / out),
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        return dict(json.loads((tmp_path / out / "metrics.json").read_text()))
+
+    first = train("a")
+    manifest = json.loads((tmp_path / "acts" / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["sites"] == ["blocks.1.hook_resid_post"]
+    assert first["harvested_tokens"] == manifest["tokens"] > 3800  # 4,096 tokens less the BOS positions
+    written = (tmp_path / "acts" / "manifest.json").stat().st_mtime_ns
+    second = train("b")
+    assert (tmp_path / "acts" / "manifest.json").stat().st_mtime_ns == written
+    assert second["fvu"] == first["fvu"]  # same activations, same seed: the same SAE

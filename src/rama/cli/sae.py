@@ -32,6 +32,11 @@ class SAETrainOptions:
         "harvest in a background thread into a shuffle buffer (flat memory); "
         "--no-stream harvests everything first, in memory",
     )
+    activation_cache: str | None = option(
+        None,
+        "folder of harvested activations: filled on the first run (sharded safetensors, resumable), "
+        "reused by later runs with the same model, corpus, seed and --harvest-tokens",
+    )
     out: str = option("rama-sae", "output folder (must not hold a finished run; a killed run resumes)")
 
 
@@ -81,7 +86,8 @@ def run_train(options: SAETrainOptions) -> int:
         seed=options.seed,
     )
     model = load(options.model)
-    default_harvest = options.tokens + 262_144 if options.stream else options.tokens
+    streaming = options.stream and options.activation_cache is None
+    default_harvest = options.tokens + 262_144 if streaming else options.tokens
     harvest_config = HarvestConfig(tokens=options.harvest_tokens or default_harvest, seed=options.seed)
     _, metrics = train(
         model,
@@ -93,6 +99,7 @@ def run_train(options: SAETrainOptions) -> int:
         eval_tokens=options.eval_tokens,
         site_out=options.site_out,
         stream=options.stream,
+        activation_cache=options.activation_cache,
     )
     print_metrics(metrics)
     print(f"wrote {Path(options.out) / 'metrics.json'}")

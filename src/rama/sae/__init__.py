@@ -2,6 +2,7 @@
 
 from rama.sae import batchtopk, gated, jumprelu, relu, topk  # noqa: F401 - registers the architectures
 from rama.sae.base import REGISTRY, SAE, SAEConfig
+from rama.sae.disk import DiskActivations, cache_activations
 from rama.sae.evaluate import evaluate
 from rama.sae.harvest import HarvestConfig, harvest
 from rama.sae.runner import train, train_many
@@ -10,9 +11,11 @@ from rama.sae.training import TrainConfig, fit
 __all__ = [
     "REGISTRY",
     "SAE",
+    "DiskActivations",
     "HarvestConfig",
     "SAEConfig",
     "TrainConfig",
+    "cache_activations",
     "evaluate",
     "fit",
     "harvest",

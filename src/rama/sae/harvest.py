@@ -7,6 +7,7 @@ SmolLM2's position-0 activations are ~10× larger than the rest and would domina
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -58,16 +59,21 @@ def keep_mask(tokens: torch.Tensor, tokenizer: Any, exclude_special: bool) -> to
 
 
 def batches_with_activations(
-    model: HookedModel, sites: list[str], config: HarvestConfig, corpus: str | Path | None = None
+    model: HookedModel,
+    sites: list[str],
+    config: HarvestConfig,
+    corpus: str | Path | None = None,
+    skip_batches: int = 0,
 ) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
-    """(tokens `[b, p]`, {site: activations `[b, p, d]`}) batch by batch."""
+    """(tokens `[b, p]`, {site: activations `[b, p, d]`}) batch by batch; the first `skip_batches`
+    token batches are passed over without running the model (resuming a harvest)."""
     pack = PackConfig(context_size=config.context_size, seed=config.seed, split=config.split)  # type: ignore[arg-type]
     stream = token_batches(
         model.tokenizer, corpus, batch_size=config.batch_size, config=pack, max_tokens=config.tokens
     )
     layers = stop_layer(model, sites)
     stop = layers if layers < model.cfg.n_layers else None
-    for tokens in stream:
+    for tokens in itertools.islice(stream, skip_batches, None):
         with torch.no_grad():
             _, cache = model.run_with_cache(tokens, sites, stop_at_layer=stop)
         yield tokens, {site: cache[site] for site in sites}

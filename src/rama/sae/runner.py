@@ -18,6 +18,7 @@ import torch
 
 from rama.hooks.model import HookedModel
 from rama.sae.base import SAE
+from rama.sae.disk import DiskActivations, cache_activations
 from rama.sae.evaluate import evaluate
 from rama.sae.harvest import HarvestConfig, harvest
 from rama.sae.stream import StreamingBatches
@@ -46,13 +47,20 @@ def train(
     eval_tokens: int = 16_384,
     site_out: str | None = None,
     stream: bool = False,
+    activation_cache: str | Path | None = None,
 ) -> tuple[SAE, dict[str, Any]]:
     """Train one SAE (or transcoder `site -> site_out`) on the model's activations and evaluate it.
 
     `stream=True` harvests in a background thread into a shuffle buffer while training: memory stays
-    flat however many tokens are used. Otherwise activations are harvested first, in memory.
+    flat however many tokens are used. `activation_cache=DIR` harvests into sharded files in DIR (or
+    reuses what an earlier run with the same model, corpus and harvest settings left there) and trains
+    from them, also with flat memory. Otherwise activations are harvested first, in memory.
     """
     config = config or TrainConfig()
+    if activation_cache is not None:
+        return _train_from_cache(
+            model, site, site_out, Path(out), config, corpus, harvest_config, eval_tokens, activation_cache
+        )
     if stream:
         out = Path(out)
         check_output(out)
@@ -71,6 +79,31 @@ def train(
         eval_tokens=eval_tokens,
     )
     return result
+
+
+def _train_from_cache(
+    model: HookedModel,
+    site: str,
+    site_out: str | None,
+    out: Path,
+    config: TrainConfig,
+    corpus: str | Path | None,
+    harvest_config: HarvestConfig | None,
+    eval_tokens: int,
+    folder: str | Path,
+) -> tuple[SAE, dict[str, Any]]:
+    check_output(out)
+    harvest_config = harvest_config or HarvestConfig(tokens=config.total_tokens)
+    start = time.perf_counter()
+    manifest = cache_activations(model, [s for s in (site, site_out) if s], folder, harvest_config, corpus)
+    harvest_seconds = time.perf_counter() - start
+    source = DiskActivations(folder, site, site_out, config.batch_size, seed=config.seed)
+    sae, metrics = _train_one(
+        model, source, None, site, site_out, config, out, corpus, harvest_config, eval_tokens, harvest_seconds
+    )
+    metrics["harvested_tokens"] = manifest["tokens"]
+    atomic_write_bytes(out / "metrics.json", json.dumps(metrics, indent=2).encode())
+    return sae, metrics
 
 
 def train_many(
