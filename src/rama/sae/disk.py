@@ -116,6 +116,8 @@ def _harvest_shards(
             _write_shard(folder, manifest, {s: torch.cat(p) for s, p in parts.items()}, batches)
             parts, batches, rows = {site: [] for site in sites}, 0, 0
     bar.close()
+    if manifest["tokens"] == 0:
+        raise ValueError(f"the corpus gave no batch of {config.batch_size} × {config.context_size} tokens")
     manifest["complete"] = True
     atomic_write_bytes(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
 
@@ -170,7 +172,7 @@ class DiskActivations:
     ) -> None:
         self.folder = Path(folder)
         manifest = read_manifest(self.folder)
-        if manifest is None or not manifest["complete"]:
+        if manifest is None or not manifest["complete"] or not manifest["tokens"]:
             raise ValueError(
                 f"{str(self.folder)!r} holds no finished activation cache (no complete {MANIFEST})"
             )
