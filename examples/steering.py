@@ -262,8 +262,8 @@ def replot(out: Path) -> None:
 
 
 def golden_gate(model: rama.HookedModel, sae: SAE, record: dict[str, object]) -> dict[str, object]:
-    """Golden-Gate style: the 'sea' SAE latent clamped at the strongest norm the sweep kept fluent,
-    while the model talks about itself."""
+    """Golden-Gate style: the 'sea' SAE latent clamped at the norm with the sweep's best concept rate
+    under 2× perplexity, while the model talks about itself."""
     found = record["sea"]
     assert isinstance(found, dict)
     latent = int(found["latent"])
