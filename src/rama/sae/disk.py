@@ -21,10 +21,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from rama.atomic import write_text
 from rama.hooks.model import HookedModel
 from rama.sae.harvest import HarvestConfig, batches_with_activations, keep_mask
 from rama.sae.stream import Chunk, ShuffleBuffer
-from rama.sae.training import atomic_write_bytes
 
 MANIFEST = "manifest.json"
 
@@ -105,21 +105,22 @@ def _harvest_shards(
     stream = batches_with_activations(model, sites, config, corpus, skip_batches=manifest["batches"])
     parts: dict[str, list[torch.Tensor]] = {site: [] for site in sites}
     batches, rows = 0, 0
-    for tokens, acts in itertools.chain(stream, [(None, None)]):
-        if tokens is not None and acts is not None:
-            keep = keep_mask(tokens, model.tokenizer, config.exclude_special_tokens)
-            for site in sites:
-                parts[site].append(acts[site][keep].to(dtype))
-            batches, rows = batches + 1, rows + int(keep.sum())
-            bar.update(1)
-        if rows and (rows >= shard_tokens or tokens is None):
+    for tokens, acts in stream:
+        keep = keep_mask(tokens, model.tokenizer, config.exclude_special_tokens)
+        for site in sites:
+            parts[site].append(acts[site][keep].to(dtype))
+        batches, rows = batches + 1, rows + int(keep.sum())
+        bar.update(1)
+        if rows >= shard_tokens:
             _write_shard(folder, manifest, {s: torch.cat(p) for s, p in parts.items()}, batches)
             parts, batches, rows = {site: [] for site in sites}, 0, 0
+    if rows:
+        _write_shard(folder, manifest, {s: torch.cat(p) for s, p in parts.items()}, batches)
     bar.close()
     if manifest["tokens"] == 0:
         raise ValueError(f"the corpus gave no batch of {config.batch_size} × {config.context_size} tokens")
     manifest["complete"] = True
-    atomic_write_bytes(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
+    write_text(folder / MANIFEST, json.dumps(manifest, indent=1))
 
 
 def _write_shard(
@@ -134,7 +135,7 @@ def _write_shard(
     manifest["dims"] = {site: value.shape[1] for site, value in shard.items()}
     manifest["batches"] += batches
     manifest["tokens"] += rows
-    atomic_write_bytes(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
+    write_text(folder / MANIFEST, json.dumps(manifest, indent=1))
 
 
 def load_shard(folder: Path, entry: dict[str, Any], sites: list[str], dims: dict[str, int]) -> Chunk:

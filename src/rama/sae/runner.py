@@ -98,12 +98,10 @@ def _train_from_cache(
     manifest = cache_activations(model, [s for s in (site, site_out) if s], folder, harvest_config, corpus)
     harvest_seconds = time.perf_counter() - start
     source = DiskActivations(folder, site, site_out, config.batch_size, seed=config.seed)
-    sae, metrics = _train_one(
-        model, source, None, site, site_out, config, out, corpus, harvest_config, eval_tokens, harvest_seconds
-    )
-    metrics["harvested_tokens"] = manifest["tokens"]
-    atomic_write_bytes(out / "metrics.json", json.dumps(metrics, indent=2).encode())
-    return sae, metrics
+    return _train_one(
+        model, source, None, site, site_out, config, out, corpus, harvest_config, eval_tokens, harvest_seconds,
+        harvested_tokens=manifest["tokens"],
+    )  # fmt: skip
 
 
 def train_many(
@@ -155,6 +153,7 @@ def _train_one(
     harvest_config: HarvestConfig,
     eval_tokens: int,
     harvest_seconds: float,
+    harvested_tokens: int | None = None,
 ) -> tuple[SAE, dict[str, Any]]:
     config = replace(config, checkpoint_dir=str(out / "checkpoint"))
     meta = {
@@ -174,7 +173,8 @@ def _train_one(
     trained_tokens = config.total_steps() * config.batch_size
     metrics |= {
         "tokens": trained_tokens,
-        "harvested_tokens": int(inputs.shape[0] if isinstance(inputs, torch.Tensor) else trained_tokens),
+        "harvested_tokens": harvested_tokens
+        or int(inputs.shape[0] if isinstance(inputs, torch.Tensor) else trained_tokens),
         "tokens_per_s": trained_tokens / (harvest_seconds + train_seconds),
         "harvest_seconds": harvest_seconds,
         "train_seconds": train_seconds,
