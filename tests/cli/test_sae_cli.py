@@ -104,3 +104,17 @@ def test_train_fills_an_activation_cache_that_the_next_run_reuses(tmp_path: Path
     second = train("b")
     assert (tmp_path / "acts" / "manifest.json").stat().st_mtime_ns == written
     assert second["fvu"] == first["fvu"]  # same activations, same seed: the same SAE
+
+
+def test_target_l0_option_steers_the_saved_coefficient(tmp_path: Path, smollm: object) -> None:
+    out = tmp_path / "gated"
+    result = rama_in_process(
+        "sae", "train", "--site", "blocks.1.hook_resid_post", "--arch", "gated", "--width", "64",
+        "--l1", "0.05", "--target-l0", "4", "--tokens", "8192", "--batch-size", "512",
+        "--eval-tokens", "512", "--no-stream", "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((out / "train_config.json").read_text())["target_l0"] == 4
+    from rama.sae import SAE
+
+    assert SAE.load(out).cfg.l1_coefficient > 0.05  # 64 latents start far above L0 4: it rose

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from rama.sae import fit
@@ -102,3 +104,61 @@ def test_geometric_median_and_schedule_on_hand_cases() -> None:
     assert median.norm() < 1.0  # robust to the outlier, unlike the mean (25.25, 25.25)
     assert lr_factor(0, 100, 0.1, 0.2) == 0.1 and lr_factor(50, 100, 0.1, 0.2) == 1.0
     assert lr_factor(90, 100, 0.1, 0.2) == 0.5
+
+
+def test_the_target_l0_controller_moves_the_coefficient_by_hand_computed_factors() -> None:
+    from rama.sae.base import TrainState
+    from rama.sae.training import steer_coefficient
+
+    state = TrainState()
+    steer_coefficient(state, l0=64.0, target=32.0, rate=0.05)  # twice the target: log 2 · 0.05 up
+    assert state.coefficient_multiplier == pytest.approx(2**0.05)
+    steer_coefficient(state, l0=16.0, target=32.0, rate=0.05)  # half: back down by the same factor
+    assert state.coefficient_multiplier == pytest.approx(1.0)
+    steer_coefficient(state, l0=5000.0, target=32.0, rate=0.05)  # a huge miss is clipped at e^rate
+    assert state.coefficient_multiplier == pytest.approx(math.exp(0.05))
+    state.step, state.total_steps = 0, 100  # the multiplier scales the warmed-up coefficient
+    assert state.sparsity_scale() == pytest.approx(math.exp(0.05) / 5)
+
+
+@pytest.mark.parametrize(
+    ("architecture", "start"), [("standard", {"l1_coefficient": 0.05}), ("gated", {"l1_coefficient": 0.05})]
+)
+def test_target_l0_reaches_the_asked_sparsity_from_a_wrong_coefficient(
+    architecture: str, start: dict[str, float]
+) -> None:
+    suite = FeatureSuite()
+    train, _ = suite.sample(30_000, torch.Generator().manual_seed(2))
+    held_out, _ = suite.sample(2_000, torch.Generator().manual_seed(3))
+    common = dict(
+        architecture=architecture, d_sae=512, batch_size=1024, total_tokens=300_000, lr=1e-3, progress=False
+    )
+    free = fit(train, **common, **start)
+    steered = fit(train, **common, **start, target_l0=8.0)
+    with torch.no_grad():
+        free_l0 = float((free.encode(held_out) > 0).sum(-1).float().mean())
+        steered_l0 = float((steered.encode(held_out) > 0).sum(-1).float().mean())
+    assert free_l0 > 16  # the starting coefficient alone is far too weak for L0 8
+    assert 0.65 * 8 <= steered_l0 <= 1.35 * 8  # within a third: the penalty acts with a lag
+    name = next(iter(start))
+    assert getattr(steered.cfg, name) > 3 * start[name]  # the saved cfg holds the coefficient it ended at
+
+
+def test_target_l0_needs_a_penalty_architecture() -> None:
+    x = torch.randn(2048, 8)
+    with pytest.raises(ValueError, match="set its k instead"):
+        fit(x, architecture="topk", d_sae=16, k=2, target_l0=4.0, batch_size=512, progress=False)
+
+
+def test_the_coefficient_multiplier_survives_a_checkpoint(tmp_path: Path) -> None:
+    from rama.sae.training import TensorBatches, TrainConfig, init_run, load_checkpoint, save_checkpoint
+
+    x = torch.randn(4096, 8)
+    config = TrainConfig(architecture="jumprelu", d_sae=16, k=None, l0_coefficient=0.1, target_l0=2.0)
+    data = TensorBatches(x, None, 1024, 0)
+    run = init_run(config, data, {})
+    run.state.coefficient_multiplier = 7.25
+    save_checkpoint(run, tmp_path / "checkpoint.pt")
+    resumed = init_run(config, data, {})
+    load_checkpoint(resumed, tmp_path / "checkpoint.pt")
+    assert resumed.state.coefficient_multiplier == 7.25

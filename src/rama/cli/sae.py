@@ -19,6 +19,9 @@ class SAETrainOptions:
     k: int | None = option(32, "active latents per token (topk, batchtopk)")
     l1: float = option(0.0, "L1 coefficient (standard, gated)")
     l0: float = option(0.0, "L0 coefficient (jumprelu)")
+    target_l0: float | None = option(
+        None, "steer the L1/L0 coefficient while training until this many latents fire per token"
+    )
     skip: bool = option(False, "add a skip connection (skip-transcoder)")
     tokens: int = option(2_000_000, "training tokens")
     harvest_tokens: int | None = option(None, "tokens to harvest (default: --tokens; fewer means epochs)")
@@ -79,6 +82,7 @@ def run_train(options: SAETrainOptions) -> int:
         k=options.k,
         l1_coefficient=options.l1,
         l0_coefficient=options.l0,
+        target_l0=options.target_l0,
         skip_connection=options.skip,
         total_tokens=options.tokens,
         batch_size=options.batch_size,

@@ -90,6 +90,10 @@ class SAE(nn.Module):
     architecture: ClassVar[str] = ""
     decoder_unit_norm: ClassVar[bool] = True  # rows of W_dec kept at unit norm during training
     training_coefficient: ClassVar[str | None] = None  # the sparsity coefficient training needs > 0
+    # An architecture where most latents fire at initialisation (no top-k cut) starts its tied
+    # encoder at d_in / d_sae of W_dec.T, so the first reconstruction is near x and not d_sae / d_in
+    # times it; at full scale the first hundred steps only undo the blow-up.
+    dense_at_init: ClassVar[bool] = False
 
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__()
@@ -112,7 +116,8 @@ class SAE(nn.Module):
             direction = torch.randn(self.W_dec.shape, generator=generator)
             self.W_dec.copy_(direction / direction.norm(dim=1, keepdim=True))
             if self.cfg.d_in == self.cfg.output_dim:
-                self.W_enc.copy_(self.W_dec.T)
+                scale = self.cfg.d_in / self.cfg.d_sae if self.dense_at_init else 1.0
+                self.W_enc.copy_(self.W_dec.T * scale)
             else:
                 bound = 1 / math.sqrt(self.cfg.d_in)
                 self.W_enc.copy_(torch.empty(self.W_enc.shape).uniform_(-bound, bound, generator=generator))
@@ -166,9 +171,16 @@ class SAE(nn.Module):
             parallel = (self.W_dec.grad * self.W_dec).sum(dim=1, keepdim=True)
             self.W_dec.grad.sub_(parallel * self.W_dec)
 
+    def optimizer_groups(self) -> list[tuple[list[nn.Parameter], float]]:
+        """Parameters with their learning-rate multipliers."""
+        return [(list(self.parameters()), 1.0)]
+
     def threshold_for_export(self) -> torch.Tensor | None:
         """A JumpReLU threshold this SAE is equivalent to at inference, if any."""
         return None
+
+    def calibrate(self, inputs: torch.Tensor) -> None:
+        """After training, fix what inference needs from the data (inputs in the training scale)."""
 
     def save(self, path: Any, sparsity: torch.Tensor | None = None) -> None:
         """SAELens v6 folder; `sparsity` is each latent's log10 firing density."""
@@ -192,10 +204,11 @@ class TrainState:
     tokens_since_fired: torch.Tensor | None = None  # [d_sae]
     dead_after_tokens: int = 1_000_000
     sparsity_warmup_fraction: float = 0.05
+    coefficient_multiplier: float = 1.0  # moved by training's target-L0 controller, if any
 
     def sparsity_scale(self) -> float:
         warmup = max(1, int(self.total_steps * self.sparsity_warmup_fraction))
-        return min(1.0, (self.step + 1) / warmup)
+        return min(1.0, (self.step + 1) / warmup) * self.coefficient_multiplier
 
     def dead_mask(self) -> torch.Tensor | None:
         if self.tokens_since_fired is None:

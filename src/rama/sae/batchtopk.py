@@ -75,5 +75,21 @@ class BatchTopKSAE(SAE):
         else:
             self.threshold.mul_(momentum).add_((1 - momentum) * smallest)
 
+    @torch.no_grad()
+    def calibrate(self, inputs: torch.Tensor, chunk: int = 2048) -> None:
+        """Set the inference threshold so tokens keep k latents on average over `inputs`: the
+        (k·n)-th largest pre-activation. The running estimate lags the weights while they move.
+        Each chunk keeps its 4·k·chunk largest, enough unless one chunk holds 4x its share."""
+        inputs = inputs[:16384]
+        k = int(self.cfg.k or 1)
+        kept = []
+        for start in range(0, len(inputs), chunk):
+            pre = self.pre_activations(inputs[start : start + chunk]).relu().flatten()
+            kept.append(pre.topk(min(pre.numel(), 4 * k * chunk), sorted=False).values)
+        values = torch.cat(kept)
+        count = k * len(inputs)
+        if count <= values.numel() and bool((values > 0).any()):
+            self.threshold.copy_(values.topk(count, sorted=False).values.min().clamp_min(1e-8))
+
     def threshold_for_export(self) -> torch.Tensor | None:
         return self.threshold.clamp_min(0).expand(self.cfg.d_sae).clone()

@@ -47,6 +47,7 @@ class _Step(torch.autograd.Function):
 
 @register("jumprelu")
 class JumpReLUSAE(SAE):
+    dense_at_init = True
     training_coefficient = "l0_coefficient"
 
     def __init__(self, cfg: SAEConfig) -> None:
@@ -54,6 +55,16 @@ class JumpReLUSAE(SAE):
         self.log_threshold = torch.nn.Parameter(
             torch.full((cfg.d_sae,), float(torch.tensor(cfg.initial_threshold).log()))
         )
+
+    threshold_lr_scale = 20.0
+
+    def optimizer_groups(self) -> list[tuple[list[torch.nn.Parameter], float]]:
+        """The L0 penalty reaches only the thresholds, and Adam moves a parameter by about the
+        learning rate per step: at the shared rate a threshold needs thousands of steps to rise
+        from its start to where L0 ≈ 32 on real activations (measured on SmolLM2: L0 stuck near
+        300 after 128 steps whatever the coefficient), so thresholds learn 20x faster."""
+        rest = [p for name, p in self.named_parameters() if name != "log_threshold"]
+        return [(rest, 1.0), ([self.log_threshold], self.threshold_lr_scale)]
 
     @property
     def threshold(self) -> torch.Tensor:

@@ -32,6 +32,8 @@ class TrainConfig:
     k: int | None = 32
     l1_coefficient: float = 0.0
     l0_coefficient: float = 0.0
+    target_l0: float | None = None  # steer the sparsity coefficient to this L0 (L1/L0-penalty SAEs)
+    target_l0_rate: float = 0.02  # how fast: log-coefficient change per step at a 2.7x L0 miss
     lr: float | None = None  # None: 2e-4 / sqrt(d_sae / 16384) (Gao et al. 2024)
     batch_size: int = 4096
     total_tokens: int = 2_000_000
@@ -131,6 +133,11 @@ def build_sae(config: TrainConfig, d_in: int, d_out: int | None, meta: dict[str,
     coefficient = sae_class(cfg.architecture).training_coefficient
     if coefficient is not None and getattr(cfg, coefficient) <= 0:
         raise ValueError(f"training a {cfg.architecture!r} SAE needs {coefficient} > 0")
+    if config.target_l0 is not None and (coefficient is None or config.target_l0 <= 0):
+        raise ValueError(
+            f"target_l0 steers an L1 or L0 penalty and must be > 0; a {cfg.architecture!r} SAE "
+            + ("has none (set its k instead)" if coefficient is None else f"got {config.target_l0}")
+        )
     torch.manual_seed(config.seed)
     return SAE.create(cfg)
 
@@ -154,7 +161,8 @@ def init_run(config: TrainConfig, data: BatchSource, meta: dict[str, Any]) -> Ru
     d_out = None if data.targets is None else data.targets.shape[1]
     sae = build_sae(config, data.inputs.shape[1], d_out, meta)
     init_decoder_bias(sae, sample_y[:8192] * scale_out, config.b_dec_init)
-    optimizer = torch.optim.Adam(sae.parameters(), lr=config.learning_rate(), betas=(0.9, 0.999))
+    groups = [{"params": params, "lr_scale": scale} for params, scale in sae.optimizer_groups()]
+    optimizer = torch.optim.Adam(groups, lr=config.learning_rate(), betas=(0.9, 0.999))
     dead_after = config.dead_after_tokens or min(1_000_000, config.total_tokens // 4)
     state = TrainState(
         0,
@@ -179,8 +187,10 @@ def init_decoder_bias(sae: SAE, targets: torch.Tensor, how: str) -> None:
 def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, config: TrainConfig) -> dict[str, float]:
     sae, state = run.sae, run.state
     for group in run.optimizer.param_groups:
-        group["lr"] = config.learning_rate() * lr_factor(
-            state.step, state.total_steps, config.lr_warmup_fraction, config.lr_decay_fraction
+        group["lr"] = (
+            group["lr_scale"]
+            * config.learning_rate()
+            * lr_factor(state.step, state.total_steps, config.lr_warmup_fraction, config.lr_decay_fraction)
         )
     out = sae.loss(x * run.scale_in, y * run.scale_out, state)
     run.optimizer.zero_grad(set_to_none=True)
@@ -188,11 +198,27 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, config: TrainConfig) 
     sae.remove_parallel_decoder_grad()
     run.optimizer.step()
     sae.normalize_decoder()
+    if config.target_l0 is not None:
+        steer_coefficient(state, out.terms["l0"], config.target_l0, config.target_l0_rate)
     assert state.tokens_since_fired is not None
     state.tokens_since_fired.add_(x.shape[0]).masked_fill_(out.fired, 0)
     state.step += 1
     dead = float((state.tokens_since_fired >= state.dead_after_tokens).float().mean())
-    return {"step": state.step, "loss": out.loss.item(), "dead_fraction": dead, **out.terms}
+    return {
+        "step": state.step,
+        "loss": out.loss.item(),
+        "dead_fraction": dead,
+        "coefficient_multiplier": state.coefficient_multiplier,
+        **out.terms,
+    }
+
+
+def steer_coefficient(state: TrainState, l0: float, target: float, rate: float) -> None:
+    """Multiplicative controller: too many latents firing raises the penalty, too few lowers it.
+
+    Deterministic given the batches, so a run with a target L0 stays reproducible and resumable."""
+    miss = math.log(max(l0, 1e-3) / target)
+    state.coefficient_multiplier *= math.exp(rate * max(-1.0, min(1.0, miss)))
 
 
 def fit(
@@ -220,7 +246,7 @@ def fit(
     if checkpoint is not None and checkpoint.exists():
         load_checkpoint(run, checkpoint)
     run_steps(run, data, config, checkpoint)
-    return finish(run)
+    return finish(run, data.inputs[:65536].float())
 
 
 def run_steps(run: Run, data: BatchSource, config: TrainConfig, checkpoint: Path | None) -> None:
@@ -300,6 +326,7 @@ def save_checkpoint(run: Run, path: Path) -> None:
             "optimizer": run.optimizer.state_dict(),
             "step": run.state.step,
             "tokens_since_fired": run.state.tokens_since_fired,
+            "coefficient_multiplier": run.state.coefficient_multiplier,
             "scale_in": run.scale_in,
             "scale_out": run.scale_out,
         },
@@ -314,13 +341,20 @@ def load_checkpoint(run: Run, path: Path) -> None:
     run.optimizer.load_state_dict(saved["optimizer"])
     run.state.step = int(saved["step"])
     run.state.tokens_since_fired = saved["tokens_since_fired"]
+    run.state.coefficient_multiplier = float(saved.get("coefficient_multiplier", 1.0))
     run.scale_in, run.scale_out = float(saved["scale_in"]), float(saved["scale_out"])
 
 
 @torch.no_grad()
-def finish(run: Run) -> SAE:
-    """Fold the training scales into the weights so the SAE reads and writes raw activations."""
+def finish(run: Run, sample: torch.Tensor) -> SAE:
+    """Calibrate on a sample of inputs `[n, d_in]`, record the sparsity coefficient training ended
+    at, and fold the training scales into the weights so the SAE reads and writes raw activations."""
     sae = run.sae
+    sae.calibrate(sample * run.scale_in)
+    coefficient = sae.training_coefficient
+    if coefficient is not None:
+        final = getattr(sae.cfg, coefficient) * run.state.coefficient_multiplier
+        setattr(sae.cfg, coefficient, final)
     fold_scales(sae, run.scale_in, run.scale_out)
     sae.eval()
     return sae
