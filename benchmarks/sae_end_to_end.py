@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 import rama
+from rama.atomic import write_text
 from rama.data import iter_documents
 from rama.models.loading import models_cache
 from rama.sae import HarvestConfig, TrainConfig, train
@@ -164,6 +165,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=9216)
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--only", default=None, help="comma-separated subset: rama,saelens,sparsify")
+    parser.add_argument("--results", default="benchmarks/results/sae_end_to_end.json")
     args = parser.parse_args()
     only = set((args.only or "rama,saelens,sparsify").split(","))
     work = Path(tempfile.mkdtemp(prefix="rama-e2e-"))
@@ -195,6 +197,9 @@ def main() -> None:
     ours = [r for n, r in results.items() if r is not None and n.startswith("rama")]
     if peers and ours:
         print(f"- best rama ÷ faster peer: {max(ours) / max(peers):.2f}")
+    record = {"machine": platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "args": vars(args), "tokens_per_s": results}  # fmt: skip
+    write_text(Path(args.results), json.dumps(record, indent=2))
 
 
 if __name__ == "__main__":
