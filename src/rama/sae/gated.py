@@ -13,6 +13,7 @@ from rama.sae.base import SAE, LossOutput, SAEConfig, TrainState, fired_and_l0, 
 class GatedSAE(SAE):
     dense_at_init = True
     training_coefficient = "l1_coefficient"
+    magnitude_lr_scale = 20.0
 
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__(cfg)
@@ -27,7 +28,7 @@ class GatedSAE(SAE):
         path its size back; at the shared learning rate Adam moves it by about 4e-4 per step,
         far too slowly for a short run (measured on SmolLM2), so it learns 20x faster."""
         rest = [p for name, p in self.named_parameters() if name != "r_mag"]
-        return [(rest, 1.0), ([self.r_mag], 20.0)]
+        return [(rest, 1.0), ([self.r_mag], self.magnitude_lr_scale)]
 
     def _centred(self, x: torch.Tensor) -> torch.Tensor:
         return x - self.b_dec if self.subtracts_b_dec else x

@@ -49,14 +49,13 @@ class _Step(torch.autograd.Function):
 class JumpReLUSAE(SAE):
     dense_at_init = True
     training_coefficient = "l0_coefficient"
+    threshold_lr_scale = 20.0
 
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__(cfg)
         self.log_threshold = torch.nn.Parameter(
             torch.full((cfg.d_sae,), float(torch.tensor(cfg.initial_threshold).log()))
         )
-
-    threshold_lr_scale = 20.0
 
     def optimizer_groups(self) -> list[tuple[list[torch.nn.Parameter], float]]:
         """The L0 penalty reaches only the thresholds, and Adam moves a parameter by about the

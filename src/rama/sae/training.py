@@ -279,7 +279,8 @@ def _steps(
         if batch is None:
             raise ValueError(
                 f"the activation stream ended after {run.state.step} of {run.state.total_steps} steps; "
-                f"harvest more tokens than total_tokens"
+                f"harvest more tokens than total_tokens, or train on a corpus that holds that many (a stream "
+                f"also ends where its corpus does; the built-in one holds about 6 M training tokens)"
             )
         x, y = batch
         record = train_step(run, x, y, config)
