@@ -19,7 +19,7 @@ import rama
 from rama.sae import HarvestConfig, TrainConfig, train_many
 
 # Starting sparsity coefficients; the controller moves them (measured starting points on this site).
-START_COEFFICIENT = {"standard": 5.0, "jumprelu": 0.1, "gated": 1.0}
+START_COEFFICIENT = {"standard": 5.0, "jumprelu": 1.0, "gated": 4.0}
 COLUMNS = ["fvu", "l0", "dead_fraction", "ce_loss_recovered", "kl_spliced", "shrinkage", "train_seconds"]
 
 
@@ -84,7 +84,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=1_000_000)
     parser.add_argument("--width", type=int, default=4608)
     parser.add_argument("--l0", type=int, default=32)
-    parser.add_argument("--rate", type=float, default=0.05, help="target_l0_rate (the table used 0.05)")
+    parser.add_argument("--rate", type=float, default=0.02, help="target_l0_rate (the default)")
     parser.add_argument("--archs", default="topk,batchtopk,standard,jumprelu,gated")
     parser.add_argument("--eval-tokens", type=int, default=32_768)
     parser.add_argument("--out", default="benchmarks/results/sae-matched-l0")
