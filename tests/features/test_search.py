@@ -34,13 +34,15 @@ def test_the_latent_built_for_a_word_is_found_first() -> None:
     assert found[1].share == pytest.approx(float((real == mary).float().mean()), abs=1e-4)
 
 
-def test_concept_tokens_match_word_prefixes() -> None:
+def test_concept_tokens_match_whole_words_or_starred_prefixes() -> None:
     model = rama.load(pretrained("ioi"))
-    ids = concept_token_ids(model, ["mar", "sta"])
+    ids = concept_token_ids(model, ["mar*", "sta*"])
     words = sorted(model.tokenizer.convert_ids_to_tokens(ids.tolist()))
     assert words == ["Mark", "Mary", "market", "station"]  # case-insensitive prefixes; "store" is not "sta"
+    exact = concept_token_ids(model, ["mar", "mary", "station"])
+    assert sorted(model.tokenizer.convert_ids_to_tokens(exact.tolist())) == ["Mary", "station"]
     with pytest.raises(ValueError, match="at least one concept word"):
-        concept_token_ids(model, [" "])
+        concept_token_ids(model, [" ", "*"])
 
 
 def test_latents_are_ranked_by_how_much_they_make_the_model_say_the_concept() -> None:

@@ -43,7 +43,9 @@ class SweepOptions(SteerOptions):
         None, "a prompt (repeat the flag) or a .txt file with one per line"
     )
     strengths: str = option("0,2,4,8", "comma-separated strengths; 0 is the unsteered baseline")
-    keywords: str = option("", "comma-separated keywords: a continuation containing one is on-concept")
+    keywords: str = option(
+        "", "comma-separated keywords (whole words; 'ship*' is a prefix): a continuation with one is on-concept"
+    )
     concept: str = option("", "or: a description; on-concept when MiniLM cosine ≥ --threshold")
     threshold: float = option(0.35, "cosine threshold of the embedding scorer")
     out: str = option("rama-steer-sweep", "folder for sweep.json and sweep.png")
@@ -72,7 +74,7 @@ def _parser(name: str, options: type, epilog: str) -> argparse.ArgumentParser:
 def dispatch(argv: list[str]) -> int:
     """`rama steer …` arguments (after "steer"): the main command, `sweep` or `export`."""
     if argv[:1] == ["sweep"]:
-        epilog = "example: rama steer sweep --site blocks.12.hook_resid_post --contrast 'weddings' 'taxes' --prompts 'I think' --keywords wedding,bride"
+        epilog = "example: rama steer sweep --site blocks.12.hook_resid_post --contrast 'weddings' 'taxes' --prompts 'I think' --keywords 'wedding*,bride*'"
         return run_sweep(
             from_args(SweepOptions, _parser("steer sweep", SweepOptions, epilog).parse_args(argv[1:]))
         )

@@ -24,16 +24,19 @@ class LatentMatch:
 
 
 def concept_token_ids(model: HookedModel, words: Sequence[str]) -> torch.Tensor:
-    """Ids of every vocabulary token that, stripped and lower-cased, starts with one of `words`
-    (at least 3 characters of it, so "sea" matches "seas" and " Sea" but not "s")."""
-    prefixes = tuple(w.strip().lower() for w in words if w.strip())
-    if not prefixes:
-        raise ValueError("give at least one concept word")
+    """Ids of every vocabulary token that, stripped and lower-cased, is one of `words`, or starts with
+    one written with a trailing `*` (`ship*`: " ship", "ships"; at least 3 characters, so "s*" alone
+    matches nothing). The keyword scorer of steering sweeps reads the same syntax."""
+    cleaned = [w.strip().lower() for w in words if w.strip().strip("*")]
+    if not cleaned:
+        raise ValueError("give at least one concept word, e.g. ['sea', 'ship*']")
+    exact = {w for w in cleaned if not w.endswith("*")}
+    prefixes = tuple(w[:-1] for w in cleaned if w.endswith("*"))
     vocab = model.tokenizer.convert_ids_to_tokens(list(range(model.cfg.d_vocab)))
     hits = []
     for index, piece in enumerate(vocab):
         text = model.tokenizer.convert_tokens_to_string([piece]).strip().lower() if piece else ""
-        if len(text) >= 3 and text.startswith(prefixes):
+        if text in exact or (len(text) >= 3 and text.startswith(prefixes)):
             hits.append(index)
     return torch.tensor(hits, dtype=torch.long)
 

@@ -20,13 +20,24 @@ from rama.interventions.steering import Hook
 Scorer = Callable[[list[str]], list[bool]]
 
 
-def keyword_scorer(words: Sequence[str]) -> Scorer:
-    """On-concept when any keyword occurs as a word prefix (case-insensitive): "bridge" also counts
-    "bridges". The keyword list is the whole definition, so a rerun scores identically."""
+def keyword_pattern(words: Sequence[str]) -> re.Pattern[str]:
+    """Whole words, case-insensitive; a trailing `*` makes a keyword a prefix (`ship*` also matches
+    "ships" and "shipwreck", while `sea` does not match "season" or `war` "warm"). Inner spaces are kept,
+    so `outer space` matches the phrase."""
     cleaned = [w.strip().lower() for w in words if w.strip()]
     if not cleaned:
-        raise ValueError("the keyword scorer needs at least one keyword")
-    pattern = re.compile(r"\b(" + "|".join(re.escape(w) for w in cleaned) + r")", re.IGNORECASE)
+        raise ValueError("the keyword scorer needs at least one keyword, e.g. ['sea', 'ship*']")
+    bad = [w for w in cleaned if "*" in w[:-1] or w == "*"]
+    if bad:
+        raise ValueError(f"'*' may only end a keyword (a prefix, as in 'ship*'); got {bad}")
+    parts = [re.escape(w[:-1]) + r"\w*" if w.endswith("*") else re.escape(w) for w in cleaned]
+    return re.compile(r"\b(?:" + "|".join(parts) + r")\b", re.IGNORECASE)
+
+
+def keyword_scorer(words: Sequence[str]) -> Scorer:
+    """On-concept when any keyword occurs (`keyword_pattern`'s rules). The keyword list is the whole
+    definition, so a rerun scores identically."""
+    pattern = keyword_pattern(words)
     return lambda texts: [bool(pattern.search(text)) for text in texts]
 
 
