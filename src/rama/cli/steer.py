@@ -44,7 +44,7 @@ class SweepOptions(SteerOptions):
     )
     strengths: str = option("0,2,4,8", "comma-separated strengths; 0 is the unsteered baseline")
     keywords: str = option(
-        "", "comma-separated keywords (whole words; 'ship*' is a prefix): a continuation with one is on-concept"
+        "", "comma-separated words ('ship*': a prefix); a continuation with one is on-concept"
     )
     concept: str = option("", "or: a description; on-concept when MiniLM cosine ≥ --threshold")
     threshold: float = option(0.35, "cosine threshold of the embedding scorer")
