@@ -2,11 +2,12 @@
 vector, each over a sweep of strengths, scored by concept rate (keyword scorer) and perplexity under
 the unsteered model; then a Golden-Gate-style clamp.
 
-The SAE latent for a concept is found in two steps: candidates are the latents most active on short
-concept texts against neutral ones (`latents_by_contrast`), and among them the one whose decoder row
-most raises the probability of the concept's words when added (`latents_by_effect`, on prompts that
-are not the evaluation prompts). Strengths are the norm of what is added to the residual stream, so
-both methods share one axis (the residual norm at this site is ≈ 150 from position 2 on).
+The SAE latent for a concept is found in two steps, neither of which sees the evaluation prompts:
+candidates are the 128 latents most active on short concept texts against neutral ones
+(`latents_by_contrast`), and among them the one whose decoder row most raises the probability of the
+concept's words when added (`latents_by_effect`, on the selection prompts). Strengths are the norm
+of what is added to the residual stream, so both methods share one axis (the residual norm at this
+site is ≈ 150 from position 2 on). 32 evaluation prompts; the keyword lists are fixed in CONCEPTS.
 
     rama sae train --site blocks.9.hook_resid_post --width 4608 --k 32 --tokens 1500000 --out sae-l9
     python examples/steering.py sae-l9 [--out docs/steering]
@@ -45,6 +46,22 @@ PROMPTS = [  # evaluation: the sweeps' concept rates and perplexities
     "When I was young",
     "The problem with this is",
     "After dinner they",
+    "The first thing you notice is",
+    "On the way home",
+    "It all started with",
+    "The reason I came here is",
+    "We spent the whole afternoon",
+    "There was once a man who",
+    "What surprised me most was",
+    "At the end of the road",
+    "My grandmother used to say",
+    "The letter said that",
+    "Nobody expected that",
+    "I have always wanted to",
+    "The new neighbours",
+    "On Sunday afternoon",
+    "The children were",
+    "He finally decided to",
 ]
 SELECTION = [  # only for choosing the SAE latent, so the evaluation prompts play no part in it
     "The old man said",
@@ -53,6 +70,12 @@ SELECTION = [  # only for choosing the SAE latent, so the evaluation prompts pla
     "Then she wrote",
     "Here is a short story:",
     "The people of the town",
+    "I remember the day when",
+    "The best part of the trip was",
+    "Our plan for tomorrow is",
+    "He could not stop thinking about",
+    "This is a picture of",
+    "The news this morning",
 ]
 NEUTRAL = [
     "The weather report said",
@@ -66,7 +89,7 @@ NEUTRAL = [
 ]
 CONCEPTS: dict[str, dict[str, str | list[str]]] = {
     "sea": {
-        "keywords": "sea,ocean,ship,sail,whale,wave,boat,shore,fish,water,captain,tide,beach,coast,harbo,voyage",
+        "keywords": "sea,seas,ocean*,ship*,sail*,whale*,wave*,boat*,shore*,fish*,water*,captain*,tide*,beach*,coast*,harbo*,voyage*",
         "examples": [
             "The ship sailed across the stormy sea",
             "The ocean waves crashed against the shore",
@@ -79,7 +102,7 @@ CONCEPTS: dict[str, dict[str, str | list[str]]] = {
         ],
     },
     "war": {
-        "keywords": "war,battle,sword,army,soldier,fight,enemy,kill,weapon,troops,attack,conquer",
+        "keywords": "war,wars,battle*,sword*,army,armies,soldier*,fight*,fought,enemy,enemies,kill*,weapon*,troop*,attack*,conquer*",
         "examples": [
             "The army marched into battle against the enemy",
             "The soldiers fought with swords and spears",
@@ -92,7 +115,7 @@ CONCEPTS: dict[str, dict[str, str | list[str]]] = {
         ],
     },
     "food": {
-        "keywords": "food,eat,ate,bread,meat,cook,dinner,breakfast,supper,feast,fruit,meal,hungry,delicious,taste,kitchen,bake",
+        "keywords": "food*,eat,eats,eating,eaten,ate,bread*,meat*,cook*,dinner*,breakfast*,supper*,feast*,fruit*,meal*,hungry,delicious,taste*,tasty,kitchen*,bak*",
         "examples": [
             "She baked fresh bread and cooked a delicious meal",
             "We ate a feast of roast meat, fruit and cheese",
@@ -105,7 +128,7 @@ CONCEPTS: dict[str, dict[str, str | list[str]]] = {
         ],
     },
     "marriage": {
-        "keywords": "marr,wedding,bride,groom,husband,wife",
+        "keywords": "marr*,wedding*,bride*,groom*,husband*,wife,wives",
         "examples": [
             "She agreed to marry him and the wedding was in June",
             "The bride and groom were married in the church",
@@ -117,10 +140,88 @@ CONCEPTS: dict[str, dict[str, str | list[str]]] = {
             "They celebrated ten years of marriage",
         ],
     },
+    "religion": {
+        "keywords": "god,gods,lord,pray*,church*,heaven*,holy,faith*,jesus,christ*,bible*,angel*,worship*,divine,sinner*,sinful,soul*",
+        "examples": [
+            "They prayed to God in the old stone church",
+            "The priest read from the Holy Bible",
+            "Praise the Lord, for his mercy endures forever",
+            "She had faith that God would answer her prayers",
+            "The angels sang in heaven before the throne of God",
+            "Jesus Christ taught his disciples to pray",
+            "The congregation gathered to worship on Sunday",
+            "He confessed his sins and asked God for forgiveness",
+        ],
+    },
+    "music": {
+        "keywords": "music*,song*,singer*,singing,sang,melod*,piano*,guitar*,violin*,concert*,tune*,rhythm*,drum*,orchestra*,album*",
+        "examples": [
+            "She played a beautiful melody on the piano",
+            "The band played their new song at the concert",
+            "He picked up his guitar and began to sing",
+            "The orchestra tuned their violins before the symphony",
+            "The choir sang a hymn in perfect harmony",
+            "The drummer kept the rhythm while the crowd danced",
+            "They listened to music all night long",
+            "The musician released a new album of songs",
+        ],
+    },
+    "horses": {
+        "keywords": "horse*,ride,rides,riding,rode,rider*,saddle*,gallop*,stable*,mare,mares,stallion*,pony,ponies,hoof,hooves,bridle*,reins",
+        "examples": [
+            "He saddled his horse and rode off at a gallop",
+            "The mare and her foal grazed in the field",
+            "The rider pulled on the reins and the horse stopped",
+            "The stable boy brushed the horses every morning",
+            "She rode her pony across the meadow",
+            "The stallion reared up on its hind legs",
+            "The sound of hooves echoed down the road",
+            "They fed the horses hay and oats in the stable",
+        ],
+    },
+    "fire": {
+        "keywords": "fire*,flame*,burn*,smoke*,smoking,blaze*,ember*,heat,spark*,torch*",
+        "examples": [
+            "The house caught fire and burned to the ground",
+            "Flames leapt from the windows and smoke filled the sky",
+            "The firefighters fought the blaze all night",
+            "Sparks flew from the burning logs in the fireplace",
+            "The forest fire spread quickly in the dry heat",
+            "She lit a torch and the flame flickered",
+            "The embers of the campfire glowed red",
+            "Thick black smoke rose from the burning building",
+        ],
+    },
+    "money": {
+        "keywords": "money,gold*,coin*,dollar*,riches,wealth*,bank*,price*,cash,pound*,penny,pennies,fortune*,debt*,pay*,paid",
+        "examples": [
+            "He counted the gold coins in his purse",
+            "The bank lent them money to buy the house",
+            "She became rich and spent her fortune freely",
+            "The price was ten dollars, and he paid in cash",
+            "They owed a large debt to the money lender",
+            "The merchant grew wealthy from his trade",
+            "He saved every penny he earned",
+            "The thief stole a bag full of money from the bank",
+        ],
+    },
+    "space": {
+        "keywords": "outer space,spacecraft*,spaceship*,planet*,moon*,astronaut*,rocket*,galax*,orbit*,universe*,telescope*,cosmos,cosmic,nasa,stars",
+        "examples": [
+            "The astronauts launched into space aboard the rocket",
+            "The spacecraft entered orbit around the planet Mars",
+            "Through the telescope we saw distant galaxies",
+            "The universe is full of stars and planets",
+            "The rocket carried the crew to the moon",
+            "NASA sent a probe to explore the outer planets",
+            "The space station orbits the Earth every ninety minutes",
+            "Astronomers study the cosmos and the birth of stars",
+        ],
+    },
 }
 SITE = "blocks.9.hook_resid_post"
 # norms of the vector added to the residual stream
-NORMS = [0.0, 20.0, 30.0, 40.0, 45.0, 50.0, 55.0, 60.0, 70.0, 80.0, 100.0]
+NORMS = [0.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 100.0]
 STRENGTH_LABEL = "norm of the vector added (residual ≈ 150)"
 
 
@@ -230,7 +331,7 @@ def main() -> None:
     parser.add_argument("sae", help=f"an SAE trained on {SITE} of SmolLM2-135M")
     parser.add_argument("--out", default="docs/steering")
     parser.add_argument("--concepts", default=",".join(CONCEPTS), help="which of the built-in concepts")
-    parser.add_argument("--search-batches", type=int, default=24, help="corpus batches for top contexts")
+    parser.add_argument("--search-batches", type=int, default=8, help="corpus batches for top contexts")
     parser.add_argument("--replot", action="store_true", help="redraw the figures from OUT/steering.json")
     args = parser.parse_args()
     out = Path(args.out)
