@@ -70,20 +70,30 @@ def generation_cases(model: Any, new_tokens: int) -> dict[str, Work]:
 
 
 def nnsight_case(model: Any, vector: torch.Tensor, batch: Any, new_tokens: int) -> dict[str, Work]:
+    """nnsight (0.8) adding the same vector at the same layer on every generation step; the tokens it
+    generates are checked against rama's ActAdd, so both rows do the same work."""
     try:
         from nnsight import LanguageModel
     except ImportError:
         return {}
     wrapped = LanguageModel(model.hf, tokenizer=model.tokenizer)
+    inputs = {"input_ids": batch.tokens, "attention_mask": batch.attention_mask}
+    layer = int(SITE.split(".")[1])
 
-    def steer() -> Any:
-        with wrapped.generate(batch.tokens, max_new_tokens=new_tokens, do_sample=False) as tracer:
-            with tracer.all():
-                wrapped.model.layers[12].output[0][:] += 4.0 * vector
-            out = wrapped.generator.output.save()
-        return out
+    def steer() -> torch.Tensor:
+        with wrapped.generate(inputs, max_new_tokens=new_tokens, do_sample=False, pad_token_id=model.tokenizer.pad_token_id) as tracer:  # fmt: skip
+            for _ in tracer.iter[:new_tokens]:  # the prompt pass, then one pass per further token
+                wrapped.model.layers[layer].output[:] += 4.0 * vector
+            ids = tracer.result.save()
+        return ids
 
-    return {"nnsight generate + add (tracer.all)": steer}
+    theirs = model.tokenizer.batch_decode(steer()[:, batch.tokens.shape[1] :], skip_special_tokens=True)
+    ours = model.generate(
+        PROMPTS, max_new_tokens=new_tokens, fwd_hooks=[add_vector(model, SITE, vector, 4.0)]
+    )
+    same = sum(a == p + t for a, p, t in zip(ours, PROMPTS, theirs, strict=True))
+    print(f"nnsight and rama ActAdd generate the same text for {same} of {len(PROMPTS)} prompts")
+    return {"nnsight generate + add (tracer.iter)": steer}
 
 
 def patching_cases(model: Any) -> dict[str, Work]:
