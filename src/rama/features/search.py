@@ -25,8 +25,8 @@ class LatentMatch:
 
 def concept_token_ids(model: HookedModel, words: Sequence[str]) -> torch.Tensor:
     """Ids of every vocabulary token that, stripped and lower-cased, is one of `words`, or starts with
-    one written with a trailing `*` (`ship*`: " ship", "ships"; at least 3 characters, so "s*" alone
-    matches nothing). The keyword scorer of steering sweeps reads the same syntax."""
+    one written with a trailing `*` (`ship*`: " ship", "ships"; a prefix only matches tokens of 3 or
+    more characters: `s*` matches "sea" but not "st"). The steering keyword scorer reads the same syntax."""
     cleaned = [w.strip().lower() for w in words if w.strip().strip("*")]
     if not cleaned:
         raise ValueError("give at least one concept word, e.g. ['sea', 'ship*']")
