@@ -23,15 +23,21 @@ class LatentMatch:
     max_activation: float
 
 
+def split_keywords(words: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(whole words, prefixes) of a keyword list: stripped, lower-cased, a trailing `*` marking a
+    prefix, empty entries dropped. Concept search and the steering keyword scorer share this syntax."""
+    cleaned = [w.strip().lower() for w in words if w.strip().strip("*")]
+    return [w for w in cleaned if not w.endswith("*")], [w[:-1] for w in cleaned if w.endswith("*")]
+
+
 def concept_token_ids(model: HookedModel, words: Sequence[str]) -> torch.Tensor:
     """Ids of every vocabulary token that, stripped and lower-cased, is one of `words`, or starts with
     one written with a trailing `*` (`ship*`: " ship", "ships"; a prefix only matches tokens of 3 or
     more characters: `s*` matches "sea" but not "st"). The steering keyword scorer reads the same syntax."""
-    cleaned = [w.strip().lower() for w in words if w.strip().strip("*")]
-    if not cleaned:
+    whole, starred = split_keywords(words)
+    if not whole and not starred:
         raise ValueError("give at least one concept word, e.g. ['sea', 'ship*']")
-    exact = {w for w in cleaned if not w.endswith("*")}
-    prefixes = tuple(w[:-1] for w in cleaned if w.endswith("*"))
+    exact, prefixes = set(whole), tuple(starred)
     vocab = model.tokenizer.convert_ids_to_tokens(list(range(model.cfg.d_vocab)))
     hits = []
     for index, piece in enumerate(vocab):

@@ -14,6 +14,7 @@ import torch
 from tqdm import tqdm
 
 from rama.atomic import pyplot, save_figure
+from rama.features.search import split_keywords
 from rama.hooks.model import HookedModel
 from rama.interventions.steering import Hook
 
@@ -24,13 +25,13 @@ def keyword_pattern(words: Sequence[str]) -> re.Pattern[str]:
     """Whole words, case-insensitive; a trailing `*` makes a keyword a prefix (`ship*` also matches
     "ships" and "shipwreck", while `sea` does not match "season" or `war` "warm"). Inner spaces are kept,
     so `outer space` matches the phrase."""
-    cleaned = [w.strip().lower() for w in words if w.strip()]
-    if not cleaned:
+    whole, prefixes = split_keywords(words)
+    if not whole and not prefixes:
         raise ValueError("the keyword scorer needs at least one keyword, e.g. ['sea', 'ship*']")
-    bad = [w for w in cleaned if "*" in w[:-1] or w == "*"]
+    bad = [w for w in whole + prefixes if "*" in w]
     if bad:
         raise ValueError(f"'*' may only end a keyword (a prefix, as in 'ship*'); got {bad}")
-    parts = [re.escape(w[:-1]) + r"\w*" if w.endswith("*") else re.escape(w) for w in cleaned]
+    parts = [re.escape(w) for w in whole] + [re.escape(w) + r"\w*" for w in prefixes]
     return re.compile(r"\b(?:" + "|".join(parts) + r")\b", re.IGNORECASE)
 
 
