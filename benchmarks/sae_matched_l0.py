@@ -19,7 +19,7 @@ import rama
 from rama.sae import HarvestConfig, TrainConfig, train_many
 
 # Starting sparsity coefficients; the controller moves them (measured starting points on this site).
-START_COEFFICIENT = {"standard": 5.0, "jumprelu": 1.0, "gated": 4.0}
+START_COEFFICIENT = {"standard": 5.0, "jumprelu": 10.0, "gated": 4.0}
 COLUMNS = ["fvu", "l0", "dead_fraction", "ce_loss_recovered", "kl_spliced", "shrinkage", "train_seconds"]
 
 

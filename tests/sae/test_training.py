@@ -122,7 +122,12 @@ def test_the_target_l0_controller_moves_the_coefficient_by_hand_computed_factors
 
 
 @pytest.mark.parametrize(
-    ("architecture", "start"), [("standard", {"l1_coefficient": 0.05}), ("gated", {"l1_coefficient": 0.05})]
+    ("architecture", "start"),
+    [
+        ("standard", {"l1_coefficient": 0.05}),
+        ("gated", {"l1_coefficient": 0.05}),
+        ("jumprelu", {"l0_coefficient": 0.01}),
+    ],
 )
 def test_target_l0_reaches_the_asked_sparsity_from_a_wrong_coefficient(
     architecture: str, start: dict[str, float]
@@ -142,6 +147,19 @@ def test_target_l0_reaches_the_asked_sparsity_from_a_wrong_coefficient(
     assert 0.65 * 8 <= steered_l0 <= 1.35 * 8  # within a third: the penalty acts with a lag
     name = next(iter(start))
     assert getattr(steered.cfg, name) > 3 * start[name]  # the saved cfg holds the coefficient it ended at
+
+
+def test_jumprelu_target_penalty_is_the_squared_miss_and_pushes_back_below_the_target() -> None:
+    from rama.sae.jumprelu import l0_penalty
+
+    l0 = torch.tensor([64.0, 32.0, 16.0], requires_grad=True)
+    penalty = l0_penalty(l0, 32.0)
+    assert penalty.tolist() == pytest.approx([16.0, 0.0, 4.0])  # 32/2 · (2−1)², 0, 16 · (½−1)²
+    penalty.sum().backward()
+    assert l0.grad is not None
+    assert l0.grad.tolist() == pytest.approx([1.0, 0.0, -0.5])  # slope 1 at 2× target, negative below
+    plain = torch.tensor(5.0)
+    assert l0_penalty(plain, None) is plain  # no target: the published linear L0 penalty
 
 
 def test_target_l0_needs_a_penalty_architecture() -> None:

@@ -205,6 +205,7 @@ class TrainState:
     dead_after_tokens: int = 1_000_000
     sparsity_warmup_fraction: float = 0.05
     coefficient_multiplier: float = 1.0  # moved by training's target-L0 controller, if any
+    target_l0: float | None = None  # training's target L0, for losses that penalise the miss itself
 
     def sparsity_scale(self) -> float:
         warmup = max(1, int(self.total_steps * self.sparsity_warmup_fraction))

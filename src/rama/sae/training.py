@@ -170,6 +170,7 @@ def init_run(config: TrainConfig, data: BatchSource, meta: dict[str, Any]) -> Ru
         torch.zeros(config.d_sae, dtype=torch.long),
         dead_after,
         config.sparsity_warmup_fraction,
+        target_l0=config.target_l0,
     )
     return Run(sae, optimizer, state, scale_in, scale_out)
 
