@@ -10,7 +10,10 @@ of what is added to the residual stream, so both methods share one axis (the res
 site is ≈ 150 from position 2 on). 32 evaluation prompts; the keyword lists are fixed in CONCEPTS.
 
     rama sae train --site blocks.9.hook_resid_post --width 4608 --k 32 --tokens 1500000 --out sae-l9
-    python examples/steering.py sae-l9 [--out docs/steering]
+    python examples/steering.py sae-l9 [--out docs/steering] [--concepts sea,music]
+
+A run of some concepts rewrites their entries in OUT/steering.json and keeps the others' (each entry names
+the SAE it used; each sweep point carries its strength).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -221,7 +225,7 @@ CONCEPTS: dict[str, dict[str, str | list[str]]] = {
 }
 SITE = "blocks.9.hook_resid_post"
 # norms of the vector added to the residual stream
-NORMS = [0.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 100.0]
+NORMS = [0.0, 20.0, 30.0, 40.0, 45.0, 50.0, 55.0, 60.0, 70.0, 80.0, 100.0]
 STRENGTH_LABEL = "norm of the vector added (residual ≈ 150)"
 
 
@@ -340,11 +344,19 @@ def main() -> None:
     model = rama.load("smollm2-135m")
     sae = SAE.load(args.sae)
     batches = list(token_batches(model.tokenizer, batch_size=8, config=PackConfig(context_size=128, seed=1)))
-    record: dict[str, object] = {"site": SITE, "prompts": PROMPTS, "selection_prompts": SELECTION}
+    record = previous_record(out / "steering.json")  # a run of some concepts keeps the others' results
+    record.update({"site": SITE, "prompts": PROMPTS, "selection_prompts": SELECTION})
     for name in args.concepts.split(","):
-        record[name] = steer_concept(model, sae, name, batches[: args.search_batches], out)
-    record["golden_gate"] = golden_gate(model, sae, record)
-    write_text(out / "steering.json", json.dumps(record, indent=1))
+        record[name] = {"sae": f"{args.sae} ({sae.cfg.d_sae} latents)"}
+        record[name].update(steer_concept(model, sae, name, batches[: args.search_batches], out))
+        write_text(out / "steering.json", json.dumps(record, indent=1))
+    if "sea" in args.concepts.split(","):
+        record["golden_gate"] = golden_gate(model, sae, record)
+        write_text(out / "steering.json", json.dumps(record, indent=1))
+
+
+def previous_record(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def replot(out: Path) -> None:
