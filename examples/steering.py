@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -344,19 +343,17 @@ def main() -> None:
     model = rama.load("smollm2-135m")
     sae = SAE.load(args.sae)
     batches = list(token_batches(model.tokenizer, batch_size=8, config=PackConfig(context_size=128, seed=1)))
-    record = previous_record(out / "steering.json")  # a run of some concepts keeps the others' results
+    path = out / "steering.json"
+    record = json.loads(path.read_text()) if path.exists() else {}  # a subset run keeps the others' results
     record.update({"site": SITE, "prompts": PROMPTS, "selection_prompts": SELECTION})
-    for name in args.concepts.split(","):
-        record[name] = {"sae": f"{args.sae} ({sae.cfg.d_sae} latents)"}
-        record[name].update(steer_concept(model, sae, name, batches[: args.search_batches], out))
-        write_text(out / "steering.json", json.dumps(record, indent=1))
-    if "sea" in args.concepts.split(","):
+    concepts = args.concepts.split(",")
+    for name in concepts:
+        found = steer_concept(model, sae, name, batches[: args.search_batches], out)
+        record[name] = {"sae": f"{args.sae} ({sae.cfg.d_sae} latents)", **found}
+        write_text(path, json.dumps(record, indent=1))  # after each concept: a long run keeps what it did
+    if "sea" in concepts:
         record["golden_gate"] = golden_gate(model, sae, record)
-        write_text(out / "steering.json", json.dumps(record, indent=1))
-
-
-def previous_record(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.exists() else {}
+        write_text(path, json.dumps(record, indent=1))
 
 
 def replot(out: Path) -> None:
