@@ -45,8 +45,9 @@ def test_bad_site_is_an_error_not_a_traceback(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_demo_writes_its_figure_and_summary(tmp_path: Path, smollm: object) -> None:
     result = rama_cli(
-        "demo", "--batches", "1", "--batch-size", "2", "--out", str(tmp_path), "--sae-tokens", "8192"
-    )
+        "demo", "--batches", "1", "--batch-size", "2", "--out", str(tmp_path),
+        "--sae-tokens", "8192", "--sae-eval-tokens", "1024",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert " Berlin" in summary["completion"] and summary["tokens"] == 256

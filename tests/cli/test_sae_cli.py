@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_helpers import rama_cli, rama_in_process
+from cli_helpers import rama_in_process
 
 pytestmark = pytest.mark.slow
 KEYS = {
@@ -51,7 +51,7 @@ def test_train_writes_an_saelens_folder_with_metrics_then_refuses_to_overwrite(
         "--out",
         str(out),
     ]
-    result = rama_cli(*args)
+    result = rama_in_process(*args)  # in-process: the subprocess start-up is covered elsewhere
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) >= KEYS
@@ -60,9 +60,9 @@ def test_train_writes_an_saelens_folder_with_metrics_then_refuses_to_overwrite(
     files = {p.name for p in out.iterdir()}
     assert {"cfg.json", "sae_weights.safetensors", "sparsity.safetensors", "metrics.jsonl"} <= files
     assert "checkpoint" not in files  # a finished run leaves no checkpoint behind
-    again = rama_cli(*args)
+    again = rama_in_process(*args)
     assert again.returncode == 1 and "already holds a trained SAE" in again.stderr
-    evaluated = rama_cli("sae", "eval", str(out), "--eval-tokens", "2048")
+    evaluated = rama_in_process("sae", "eval", str(out), "--eval-tokens", "2048")
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     assert "ce_loss_recovered" in evaluated.stdout
 
@@ -80,9 +80,9 @@ def test_eval_refuses_an_sae_of_the_wrong_width(tmp_path: Path, smollm: object) 
             hook_name="blocks.0.hook_resid_post",
         )
     ).save(tmp_path / "s")
-    result = rama_cli("sae", "eval", str(tmp_path / "s"))
+    result = rama_in_process("sae", "eval", str(tmp_path / "s"))
     assert result.returncode == 1 and "d_in=100" in result.stderr and "width 576" in result.stderr
-    result = rama_cli("sae", "eval", str(tmp_path / "s"), "--site", "blocks.0.hook_resid_psot")
+    result = rama_in_process("sae", "eval", str(tmp_path / "s"), "--site", "blocks.0.hook_resid_psot")
     assert result.returncode == 1 and "not a site" in result.stderr
 
 

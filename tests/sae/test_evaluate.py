@@ -44,7 +44,7 @@ def test_reconstruction_metrics_on_a_hand_case() -> None:
 @pytest.mark.slow
 def test_a_perfect_sae_recovers_all_the_loss_and_zero_recovers_none(smollm: Any) -> None:
     site = "blocks.5.hook_resid_post"
-    config = HarvestConfig(tokens=2048, batch_size=4, context_size=64, split="test", progress=False)
+    config = HarvestConfig(tokens=512, batch_size=4, context_size=64, split="test", progress=False)
     perfect = evaluate(identity_sae(576, site), smollm, config=config)
     assert perfect["fvu"] < 1e-10 and perfect["ce_loss_recovered"] == pytest.approx(1.0, abs=1e-4)
     assert perfect["kl_spliced"] < 1e-5

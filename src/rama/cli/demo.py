@@ -33,6 +33,7 @@ class DemoConfig:
     context_size: int = option(128, "tokens per context")
     sae_tokens: int = option(100_000, "tokens to train the demo's TopK SAE on (0: skip the SAE)")
     sae_site: str = option("blocks.6.hook_resid_post", "the site the demo's SAE reads")
+    sae_eval_tokens: int = option(8192, "held-out tokens for the demo SAE's metrics")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -117,7 +118,9 @@ def demo_sae(model: Any, config: DemoConfig, out: Path, batches: list[torch.Tens
         architecture="topk", d_sae=2048, k=16, total_tokens=config.sae_tokens, batch_size=2048
     )
     harvest = HarvestConfig(
-        tokens=config.sae_tokens + 8192, batch_size=config.batch_size, context_size=config.context_size
+        tokens=config.sae_tokens + config.sae_eval_tokens,
+        batch_size=config.batch_size,
+        context_size=config.context_size,
     )
     sae, metrics = train(
         model,
@@ -125,7 +128,7 @@ def demo_sae(model: Any, config: DemoConfig, out: Path, batches: list[torch.Tens
         folder,
         config=train_config,
         harvest_config=harvest,
-        eval_tokens=8192,
+        eval_tokens=config.sae_eval_tokens,
         stream=True,
     )
     density = load_file(str(folder / "sparsity.safetensors"))["sparsity"]
