@@ -2,10 +2,12 @@
 vector, each over a sweep of strengths, scored by concept rate (keyword scorer) and perplexity under
 the unsteered model; then a Golden-Gate-style clamp.
 
-The SAE latent for a concept is found in two steps, neither of which sees the evaluation prompts:
+The SAE latent for a concept is found in three steps, none of which sees the evaluation prompts:
 candidates are the 128 latents most active on short concept texts against neutral ones
-(`latents_by_contrast`), and among them the one whose decoder row most raises the probability of the
-concept's words when added (`latents_by_effect`, on the selection prompts). Strengths are the norm
+(`latents_by_contrast`); the five among them whose decoder rows most raise the probability of the
+concept's words when added (`latents_by_effect`, on the selection prompts) are each steered at norms
+40, 50 and 60 on the selection prompts, and the one with the highest concept rate under 2× perplexity
+is chosen (`rank_by_steering`). Strengths are the norm
 of what is added to the residual stream, so both methods share one axis (the residual norm at this
 site is ≈ 150 from position 2 on). 32 evaluation prompts; the keyword lists are fixed in CONCEPTS.
 
@@ -20,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -29,7 +33,15 @@ from rama.atomic import write_text
 from rama.data import PackConfig, token_batches
 from rama.features import latents_by_contrast, latents_by_effect, top_activations
 from rama.interventions import add_vector, contrastive_vector, set_features
-from rama.interventions.sweep import SweepPoint, SweepResult, keyword_scorer, plot_sweep, strength_sweep
+from rama.interventions.steering import Hook
+from rama.interventions.sweep import (
+    SweepPoint,
+    SweepResult,
+    keyword_scorer,
+    plot_sweep,
+    rank_by_steering,
+    strength_sweep,
+)
 from rama.sae import SAE
 
 PROMPTS = [  # evaluation: the sweeps' concept rates and perplexities
@@ -226,6 +238,8 @@ SITE = "blocks.9.hook_resid_post"
 # norms of the vector added to the residual stream
 NORMS = [0.0, 20.0, 30.0, 40.0, 45.0, 50.0, 55.0, 60.0, 70.0, 80.0, 100.0]
 STRENGTH_LABEL = "norm of the vector added (residual ≈ 150)"
+SHORTLIST = 5  # latents by effect whose steering is measured on the selection prompts
+SELECTION_NORMS = [40.0, 50.0, 60.0]
 
 
 def keywords_of(name: str) -> list[str]:
@@ -237,21 +251,40 @@ def examples_of(name: str) -> list[str]:
 
 
 def choose_latent(model: rama.HookedModel, sae: SAE, name: str) -> dict[str, object]:
-    """Contrast for candidates (what the latent reads), then effect for the choice (what it writes)."""
+    """Contrast for candidates (what the latent reads), effect for a shortlist (what it writes one
+    step ahead), then the shortlist's steering outcome on the selection prompts for the choice."""
     candidates = latents_by_contrast(sae, model, examples_of(name), NEUTRAL, top=128)
-    ranked = latents_by_effect(
-        sae, model, SELECTION, keywords_of(name), candidates=[i for i, _ in candidates], top=3
+    shortlist = latents_by_effect(
+        sae, model, SELECTION, keywords_of(name), candidates=[i for i, _ in candidates], top=SHORTLIST
     )
-    return {"latent": ranked[0].latent, "ranked_by_effect": [r.__dict__ for r in ranked]}
+    ranked = rank_by_steering(
+        model,
+        {r.latent: clamp_from_position_1(model, sae, r.latent) for r in shortlist},
+        SELECTION,
+        SELECTION_NORMS,
+        keyword_scorer(keywords_of(name)),
+    )
+    return {
+        "latent": ranked[0][0],
+        "ranked_by_effect": [r.__dict__ for r in shortlist],
+        "ranked_by_steering_on_selection_prompts": [
+            {"latent": latent, "best_under_2x_perplexity": None if best is None else asdict(best)}
+            for latent, best in ranked
+        ],
+    }
 
 
-def sweep_feature(model: rama.HookedModel, sae: SAE, latent: int, name: str) -> SweepResult:
+def clamp_from_position_1(model: rama.HookedModel, sae: SAE, latent: int) -> Callable[[float], list[Hook]]:
     """Clamp the feature's activation from position 1 on (generated tokens included): a clamp to c
     adds about c·‖W_dec[latent]‖, so each norm on the axis is reached with c = norm / ‖W_dec[latent]‖."""
     row_norm = float(sae.W_dec[latent].detach().norm())
+    return lambda norm: [set_features(model, sae, [latent], norm / row_norm, positions=slice(1, None))]
+
+
+def sweep_feature(model: rama.HookedModel, sae: SAE, latent: int, name: str) -> SweepResult:
     return strength_sweep(
         model,
-        lambda norm: [set_features(model, sae, [latent], norm / row_norm, positions=slice(1, None))],
+        clamp_from_position_1(model, sae, latent),
         PROMPTS,
         NORMS,
         keyword_scorer(keywords_of(name)),

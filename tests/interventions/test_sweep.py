@@ -1,10 +1,14 @@
-"""The keyword scorer: its whole definition is the keyword list, so its matching rules are pinned here."""
+"""The keyword scorer (its whole definition is the keyword list, so its matching rules are pinned here) and
+the ranking of steering candidates by their measured outcome."""
 
 from __future__ import annotations
 
 import pytest
 
-from rama.interventions.sweep import keyword_scorer
+import rama
+from rama.interventions import add_vector
+from rama.interventions.sweep import keyword_scorer, rank_by_steering
+from rama.toys import pretrained
 
 
 def test_keywords_match_whole_words_unless_starred() -> None:
@@ -33,3 +37,25 @@ def test_phrases_match_with_their_spaces() -> None:
 def test_empty_or_misplaced_star_is_refused(words: list[str]) -> None:
     with pytest.raises(ValueError, match="keyword"):
         keyword_scorer(words)
+
+
+def test_rank_by_steering_orders_by_concept_rate_under_the_perplexity_limit() -> None:
+    model = rama.load(pretrained("ioi"))
+    prompt = "When Mary and John went to the store , John gave a drink to"
+    prompts = [prompt, prompt.replace("Mary", "Kate")]
+    unembed = {
+        name: model.W_U[:, model.tokenizer.convert_tokens_to_ids(name)].detach() for name in ("John", "Mary")
+    }
+    candidates = {
+        name: (lambda strength, v=v: [add_vector(model, "blocks.2.hook_resid_post", v, strength)])
+        for name, v in unembed.items()
+    }
+    scorer = keyword_scorer(["John"])
+    free = rank_by_steering(model, candidates, prompts, [20.0], scorer, float("inf"), max_new_tokens=1)
+    assert [name for name, _ in free] == ["John", "Mary"]
+    assert free[0][1] is not None and free[0][1].concept_rate == 1.0  # both continuations say John
+    assert free[1][1] is not None and free[1][1].concept_rate == 0.0
+    # John is unlikely to the unsteered model: with almost no room for perplexity to rise, it never
+    # qualifies, while Mary (what the model says anyway) keeps the unsteered perplexity
+    strict = rank_by_steering(model, candidates, prompts, [20.0], scorer, 1.01, max_new_tokens=1)
+    assert [name for name, _ in strict] == ["Mary", "John"] and strict[1][1] is None

@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from tqdm import tqdm
@@ -19,6 +20,7 @@ from rama.hooks.model import HookedModel
 from rama.interventions.steering import Hook
 
 Scorer = Callable[[list[str]], list[bool]]
+Key = TypeVar("Key", bound=Hashable)
 
 
 def keyword_pattern(words: Sequence[str]) -> re.Pattern[str]:
@@ -150,6 +152,36 @@ def strength_sweep(
             )
         )
     return SweepResult(points, scorer_name, site)
+
+
+def rank_by_steering(
+    model: HookedModel,
+    candidates: Mapping[Key, Callable[[float], list[Hook]]],
+    prompts: Sequence[str],
+    strengths: Sequence[float],
+    scorer: Scorer,
+    max_perplexity_ratio: float = 2.0,
+    max_new_tokens: int = 30,
+) -> list[tuple[Key, SweepPoint | None]]:
+    """Candidates (SAE latents, vectors) ordered by the best concept rate each reaches on `prompts` while
+    perplexity stays under `max_perplexity_ratio` × the unsteered one (ties: the lower perplexity);
+    None, last, for one that never does. What a latent reads or writes one step ahead only predicts
+    this; with a few candidates it is cheap to measure, on prompts kept apart from any evaluation."""
+    unsteered = strength_sweep(model, lambda _: [], prompts, [0.0], scorer, max_new_tokens=max_new_tokens)
+    limit = unsteered.points[0].perplexity * max_perplexity_ratio
+    steered = [s for s in strengths if s != 0]
+    found: list[tuple[Key, SweepPoint | None]] = []
+    for key, hooks_at in candidates.items():
+        points = strength_sweep(
+            model, hooks_at, prompts, steered, scorer, max_new_tokens=max_new_tokens
+        ).points
+        fluent = [p for p in points if p.perplexity < limit]
+        found.append((key, max(fluent, key=lambda p: (p.concept_rate, -p.perplexity)) if fluent else None))
+    return sorted(
+        found,
+        key=lambda item: (-1.0, 0.0) if item[1] is None else (item[1].concept_rate, -item[1].perplexity),
+        reverse=True,
+    )
 
 
 def plot_sweep(
