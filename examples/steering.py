@@ -7,9 +7,8 @@ candidates are the 128 latents most active on short concept texts against neutra
 (`latents_by_contrast`); the five among them whose decoder rows most raise the probability of the
 concept's words when added (`latents_by_effect`, on the selection prompts) are each steered at norms
 40, 50 and 60 on the selection prompts, and the one with the highest concept rate under 2× perplexity
-is chosen (`rank_by_steering`). Strengths are the norm
-of what is added to the residual stream, so both methods share one axis (the residual norm at this
-site is ≈ 150 from position 2 on). 32 evaluation prompts; the keyword lists are fixed in CONCEPTS.
+is chosen (`rank_by_steering`). Strengths are the norm of what is added to the residual stream, so
+both methods share one axis (the residual norm at this site is ≈ 150 from position 2 on). 32 evaluation prompts; the keyword lists are fixed in CONCEPTS.
 
     rama sae train --site blocks.9.hook_resid_post --width 4608 --k 32 --tokens 1500000 --out sae-l9
     python examples/steering.py sae-l9 [--out docs/steering] [--concepts sea,music]

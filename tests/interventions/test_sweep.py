@@ -59,3 +59,5 @@ def test_rank_by_steering_orders_by_concept_rate_under_the_perplexity_limit() ->
     # qualifies, while Mary (what the model says anyway) keeps the unsteered perplexity
     strict = rank_by_steering(model, candidates, prompts, [20.0], scorer, 1.01, max_new_tokens=1)
     assert [name for name, _ in strict] == ["Mary", "John"] and strict[1][1] is None
+    with pytest.raises(ValueError, match="non-zero strength"):
+        rank_by_steering(model, candidates, prompts, [0.0], scorer)

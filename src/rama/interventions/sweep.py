@@ -167,9 +167,11 @@ def rank_by_steering(
     perplexity stays under `max_perplexity_ratio` × the unsteered one (ties: the lower perplexity);
     None, last, for one that never does. What a latent reads or writes one step ahead only predicts
     this; with a few candidates it is cheap to measure, on prompts kept apart from any evaluation."""
+    steered = [s for s in strengths if s != 0]
+    if not steered:
+        raise ValueError(f"rank_by_steering needs a non-zero strength to steer at; got {list(strengths)}")
     unsteered = strength_sweep(model, lambda _: [], prompts, [0.0], scorer, max_new_tokens=max_new_tokens)
     limit = unsteered.points[0].perplexity * max_perplexity_ratio
-    steered = [s for s in strengths if s != 0]
     found: list[tuple[Key, SweepPoint | None]] = []
     for key, hooks_at in candidates.items():
         points = strength_sweep(
