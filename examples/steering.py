@@ -4,17 +4,24 @@ the unsteered model; then a Golden-Gate-style clamp.
 
 The SAE latent for a concept is found in three steps, none of which sees the evaluation prompts:
 candidates are the 128 latents most active on short concept texts against neutral ones
-(`latents_by_contrast`); the five among them whose decoder rows most raise the probability of the
-concept's words when added (`latents_by_effect`, on the selection prompts) are each steered at norms
-40, 50 and 60 on the selection prompts, and the one with the highest concept rate under 2× perplexity
-is chosen (`rank_by_steering`). Strengths are the norm of what is added to the residual stream, so
-both methods share one axis (the residual norm at this site is ≈ 150 from position 2 on). 32 evaluation prompts; the keyword lists are fixed in CONCEPTS.
+(`latents_by_contrast`), or with `--search-all` the 128 best by effect among every latent on four
+selection prompts; the five among them whose decoder rows most raise the probability of the concept's
+words when added (`latents_by_effect`, on the selection prompts) are each steered at the selection
+norms on the selection prompts, and the one with the highest concept rate under 2× perplexity is
+chosen (`rank_by_steering`). Strengths are the norm of what is added to the residual stream, so both
+methods share one axis (the residual norm is ≈ 150 at layer 9, ≈ 200 at layer 18). 32 evaluation
+prompts; the keyword lists are fixed in CONCEPTS. `--min-selection-rate 0.8` screens concepts: only
+those whose chosen latent reaches 0.8 on the selection prompts get the evaluation sweeps.
 
     rama sae train --site blocks.9.hook_resid_post --width 4608 --k 32 --tokens 1500000 --out sae-l9
     python examples/steering.py sae-l9 [--out docs/steering] [--concepts sea,music]
+    rama sae train --site blocks.18.hook_resid_post --width 4608 --k 32 --tokens 1000000 --out sae-l18
+    python examples/steering.py sae-l18 --out docs/steering-l18 --concepts religion,sea,space --search-all \
+        --effect-norm 65 --selection-norms 65,80,95,110 --norms 0,40,60,70,80,90,100,110,120,140 \
+        --min-selection-rate 0.8
 
 A run of some concepts rewrites their entries in OUT/steering.json and keeps the others' (each entry names
-the SAE it used; each sweep point carries its strength).
+the SAE and protocol it used; each sweep point carries its strength).
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -232,13 +239,104 @@ CONCEPTS: dict[str, dict[str, str | list[str]]] = {
             "Astronomers study the cosmos and the birth of stars",
         ],
     },
+    "royalty": {
+        "keywords": "king,kings,queen*,prince*,princess*,throne*,crown*,royal*,reign*,palace*,majesty,kingdom*,monarch*,duke*,emperor*",
+        "examples": [
+            "The king and queen sat upon their thrones",
+            "The prince was crowned in the great palace",
+            "Her Majesty the Queen greeted the royal guests",
+            "The old king ruled the kingdom for forty years",
+            "The princess lived in a castle with the royal family",
+            "The emperor's crown was made of gold and jewels",
+            "The duke bowed before the monarch",
+            "During his reign the king built a new palace",
+        ],
+    },
+    "computers": {
+        "keywords": "computer*,program*,software,hardware,code,coding,coder*,hacker*,data,internet,keyboard*,algorithm*,byte*,digital,laptop*,cpu,unix,linux",
+        "examples": [
+            "The programmer wrote the code on his laptop",
+            "The computer crashed and the software lost the data",
+            "Hackers broke into the network over the internet",
+            "She typed the program on the keyboard and ran it",
+            "The algorithm sorts a list of numbers quickly",
+            "The file is stored on disk as a string of bytes",
+            "He installed Linux on his old computer",
+            "The software engineer fixed a bug in the code",
+        ],
+    },
+    "death": {
+        "keywords": "death*,dead,die,dies,died,dying,grave*,tomb*,funeral*,corpse*,buried,bury,burial*,mourn*,coffin*",
+        "examples": [
+            "The old man died in his sleep last night",
+            "They buried her in the churchyard beside her husband",
+            "Mourners gathered at the funeral to weep",
+            "The coffin was lowered into the grave",
+            "He lay dying, and soon he was dead",
+            "The corpse was found in the tomb",
+            "Death came for him at the end of the winter",
+            "We mourn the death of our dear friend",
+        ],
+    },
+    "love": {
+        "keywords": "love*,lover*,loving,beloved,kiss*,darling,romance,romantic,passion*,sweetheart*,embrace*",
+        "examples": [
+            "She loved him with all her heart",
+            "The lovers kissed beneath the moonlight",
+            "My darling, I will love you forever",
+            "He wrote a romantic letter to his beloved",
+            "Their passion for each other never faded",
+            "She embraced her sweetheart at the station",
+            "It was love at first sight for both of them",
+            "He whispered that he loved her and kissed her hand",
+        ],
+    },
+    "medicine": {
+        "keywords": "doctor*,medicine*,medical,disease*,illness*,sick*,fever*,patient*,hospital*,nurse*,cure*,heal*,symptom*,infection*,surgeon*,treatment*",
+        "examples": [
+            "The doctor examined the patient and found a fever",
+            "She was taken to the hospital with a serious illness",
+            "The nurse gave him medicine for the infection",
+            "The disease spread quickly and many fell sick",
+            "The surgeon operated on his heart",
+            "There is no cure yet for this disease",
+            "The symptoms include a cough, a fever and pain",
+            "The treatment helped the wound to heal",
+        ],
+    },
+    "plants": {
+        "keywords": "plant*,flower*,tree*,leaf,leaves,seed*,garden*,bloom*,blossom*,petal*,herb*,shrub*,roots,stem*,branch*",
+        "examples": [
+            "The roses in the garden are in full bloom",
+            "The tree shed its leaves in the autumn",
+            "She planted seeds and watered the young plants",
+            "The shrub has small white flowers and green leaves",
+            "Herbs grew in pots on the kitchen windowsill",
+            "Petals fell from the cherry blossoms",
+            "The roots of the oak spread deep under the soil",
+            "The branches of the apple tree were heavy with fruit",
+        ],
+    },
 }
-SITE = "blocks.9.hook_resid_post"
-# norms of the vector added to the residual stream
-NORMS = [0.0, 20.0, 30.0, 40.0, 45.0, 50.0, 55.0, 60.0, 70.0, 80.0, 100.0]
-STRENGTH_LABEL = "norm of the vector added (residual ≈ 150)"
 SHORTLIST = 5  # latents by effect whose steering is measured on the selection prompts
-SELECTION_NORMS = [40.0, 50.0, 60.0]
+COARSE_PROMPTS = 4  # selection prompts for the first pass of a search over every latent
+STRENGTH_LABEL = "norm of the vector added to the residual stream"
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How one SAE's concepts are chosen and swept; strengths are norms of what is added to the
+    residual stream at the SAE's site, so both methods share one axis."""
+
+    site: str
+    norms: list[float]  # the evaluation sweep; 0 is the unsteered baseline
+    selection_norms: list[float]  # the shortlist's steering on the selection prompts
+    effect_norm: float  # the norm at which `latents_by_effect` adds each decoder row
+    search_all: bool  # rank every latent by effect, not only those most active on concept texts
+
+
+def title(name: str, site: str) -> str:
+    return f"steering SmolLM2 towards '{name}' at {site}"
 
 
 def keywords_of(name: str) -> list[str]:
@@ -249,18 +347,41 @@ def examples_of(name: str) -> list[str]:
     return list(CONCEPTS[name]["examples"])
 
 
-def choose_latent(model: rama.HookedModel, sae: SAE, name: str) -> dict[str, object]:
-    """Contrast for candidates (what the latent reads), effect for a shortlist (what it writes one
-    step ahead), then the shortlist's steering outcome on the selection prompts for the choice."""
-    candidates = latents_by_contrast(sae, model, examples_of(name), NEUTRAL, top=128)
+def candidate_latents(model: rama.HookedModel, sae: SAE, name: str, protocol: Protocol) -> list[int]:
+    """128 candidates: by what they read (most active on the concept texts), or, with `search_all`, by
+    what they write (every latent's effect on four selection prompts: latents that steer need not fire
+    on the concept, as Arad et al. 2025 found for "output features")."""
+    if not protocol.search_all:
+        return [i for i, _ in latents_by_contrast(sae, model, examples_of(name), NEUTRAL, top=128)]
+    coarse = latents_by_effect(
+        sae,
+        model,
+        SELECTION[:COARSE_PROMPTS],
+        keywords_of(name),
+        norm=protocol.effect_norm,
+        top=128,
+        progress=True,
+    )
+    return [r.latent for r in coarse]
+
+
+def choose_latent(model: rama.HookedModel, sae: SAE, name: str, protocol: Protocol) -> dict[str, object]:
+    """Candidates, then effect for a shortlist (what each writes one step ahead), then the shortlist's
+    steering outcome on the selection prompts for the choice."""
     shortlist = latents_by_effect(
-        sae, model, SELECTION, keywords_of(name), candidates=[i for i, _ in candidates], top=SHORTLIST
+        sae,
+        model,
+        SELECTION,
+        keywords_of(name),
+        candidates=candidate_latents(model, sae, name, protocol),
+        norm=protocol.effect_norm,
+        top=SHORTLIST,
     )
     ranked = rank_by_steering(
         model,
         {r.latent: clamp_from_position_1(model, sae, r.latent) for r in shortlist},
         SELECTION,
-        SELECTION_NORMS,
+        protocol.selection_norms,
         keyword_scorer(keywords_of(name)),
     )
     return {
@@ -280,28 +401,32 @@ def clamp_from_position_1(model: rama.HookedModel, sae: SAE, latent: int) -> Cal
     return lambda norm: [set_features(model, sae, [latent], norm / row_norm, positions=slice(1, None))]
 
 
-def sweep_feature(model: rama.HookedModel, sae: SAE, latent: int, name: str) -> SweepResult:
+def sweep_feature(
+    model: rama.HookedModel, sae: SAE, latent: int, name: str, protocol: Protocol
+) -> SweepResult:
     return strength_sweep(
         model,
         clamp_from_position_1(model, sae, latent),
         PROMPTS,
-        NORMS,
+        protocol.norms,
         keyword_scorer(keywords_of(name)),
         "keywords: " + ",".join(keywords_of(name)),
-        SITE,
+        protocol.site,
     )
 
 
-def sweep_vector(model: rama.HookedModel, direction: torch.Tensor, name: str) -> SweepResult:
+def sweep_vector(
+    model: rama.HookedModel, direction: torch.Tensor, name: str, protocol: Protocol
+) -> SweepResult:
     unit = direction / direction.norm()
     return strength_sweep(
         model,
-        lambda norm: [add_vector(model, SITE, unit, norm, positions=slice(1, None))],
+        lambda norm: [add_vector(model, protocol.site, unit, norm, positions=slice(1, None))],
         PROMPTS,
-        NORMS,
+        protocol.norms,
         keyword_scorer(keywords_of(name)),
         "keywords: " + ",".join(keywords_of(name)),
-        SITE,
+        protocol.site,
     )
 
 
@@ -337,70 +462,157 @@ def report(name: str, results: dict[str, SweepResult]) -> None:
             print(f"    {best.examples[0]!r}")
 
 
+def selection_rate(choice: dict[str, object]) -> float:
+    """The chosen latent's best concept rate under 2× perplexity on the selection prompts."""
+    ranked = choice["ranked_by_steering_on_selection_prompts"]
+    assert isinstance(ranked, list)
+    best = ranked[0]["best_under_2x_perplexity"]
+    return 0.0 if best is None else float(best["concept_rate"])
+
+
+def screen_vector(
+    model: rama.HookedModel, vector: torch.Tensor, name: str, protocol: Protocol
+) -> dict[str, object] | None:
+    """The contrastive vector's best point under 2× perplexity on the selection prompts (for the record:
+    screening decides on the SAE latent alone, the harder of the two)."""
+    unit = vector / vector.norm()
+    ranked = rank_by_steering(
+        model,
+        {
+            "contrastive": lambda norm: [
+                add_vector(model, protocol.site, unit, norm, positions=slice(1, None))
+            ]
+        },
+        SELECTION,
+        protocol.selection_norms,
+        keyword_scorer(keywords_of(name)),
+    )
+    best = ranked[0][1]
+    return None if best is None else asdict(best)
+
+
 def steer_concept(
-    model: rama.HookedModel, sae: SAE, name: str, batches: list[torch.Tensor], out: Path
+    model: rama.HookedModel,
+    sae: SAE,
+    name: str,
+    batches: list[torch.Tensor],
+    out: Path,
+    protocol: Protocol,
+    min_selection_rate: float = 0.0,
 ) -> dict[str, object]:
-    choice = choose_latent(model, sae, name)
+    choice = choose_latent(model, sae, name, protocol)
     latent = int(choice["latent"])  # type: ignore[call-overload]
     contexts = top_activations(sae, model, batches, [latent], k=5)[latent]
     print(f"{name}: latent {latent}; top contexts:")
     print("   " + " | ".join(repr(a.context[-40:]) for a in contexts))
-    vector = contrastive_vector(model, SITE, examples_of(name), NEUTRAL, last_only=False)
+    vector = contrastive_vector(model, protocol.site, examples_of(name), NEUTRAL, last_only=False)
+    screened = {"contrastive_on_selection_prompts": screen_vector(model, vector, name, protocol)}
+    if selection_rate(choice) < min_selection_rate:
+        print(f"  not evaluated: the latent reaches {selection_rate(choice):.2f} on the selection prompts")
+        return {
+            **choice,
+            **screened,
+            "latent_top_contexts": [a.context for a in contexts],
+            "evaluated": False,
+        }
     results = {
-        f"SAE latent {latent} (clamp)": sweep_feature(model, sae, latent, name),
-        f"contrastive vector (add; own norm {float(vector.norm()):.0f})": sweep_vector(model, vector, name),
+        f"SAE latent {latent} (clamp)": sweep_feature(model, sae, latent, name, protocol),
+        f"contrastive vector (add; own norm {float(vector.norm()):.0f})": sweep_vector(
+            model, vector, name, protocol
+        ),
     }
-    plot_sweep(results, out / f"{name}.png", f"steering SmolLM2 towards '{name}' at {SITE}", STRENGTH_LABEL)
+    plot_sweep(results, out / f"{name}.png", title(name, protocol.site), STRENGTH_LABEL)
     report(name, results)
     return {
         **choice,
+        **screened,
         "latent_top_contexts": [a.context for a in contexts],
+        "evaluated": True,
         **{method: summary(r) for method, r in results.items()},
     }
 
 
-def main() -> None:
+def norms(text: str) -> list[float]:
+    return [float(x) for x in text.split(",")]
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("sae", help=f"an SAE trained on {SITE} of SmolLM2-135M")
+    parser.add_argument("sae", help="an SAE trained on a residual-stream site of SmolLM2-135M")
     parser.add_argument("--out", default="docs/steering")
     parser.add_argument("--concepts", default=",".join(CONCEPTS), help="which of the built-in concepts")
     parser.add_argument("--search-batches", type=int, default=8, help="corpus batches for top contexts")
     parser.add_argument("--replot", action="store_true", help="redraw the figures from OUT/steering.json")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--min-selection-rate",
+        type=float,
+        default=0.0,
+        help="evaluate only concepts whose chosen latent reaches this concept rate under 2x perplexity "
+        "on the selection prompts (screening many concepts without touching the evaluation prompts)",
+    )
+    parser.add_argument(
+        "--norms",
+        type=norms,
+        default=norms("0,20,30,40,45,50,55,60,70,80,100"),
+        help="evaluation sweep: norms of what is added (comma-separated; 0 is the unsteered baseline)",
+    )
+    parser.add_argument(
+        "--selection-norms",
+        type=norms,
+        default=norms("40,50,60"),
+        help="norms at which the shortlisted latents are steered on the selection prompts",
+    )
+    parser.add_argument(
+        "--effect-norm", type=float, default=50.0, help="norm at which each latent's effect is measured"
+    )
+    parser.add_argument(
+        "--search-all", action="store_true", help="rank every latent by effect, not 128 by contrast"
+    )
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     out = Path(args.out)
     if args.replot:
         return replot(out)
     model = rama.load("smollm2-135m")
     sae = SAE.load(args.sae)
+    protocol = Protocol(
+        sae.cfg.hook_name, args.norms, args.selection_norms, args.effect_norm, args.search_all
+    )
     batches = list(token_batches(model.tokenizer, batch_size=8, config=PackConfig(context_size=128, seed=1)))
     path = out / "steering.json"
     record = json.loads(path.read_text()) if path.exists() else {}  # a subset run keeps the others' results
-    record.update({"site": SITE, "prompts": PROMPTS, "selection_prompts": SELECTION})
+    record.update({"site": protocol.site, "prompts": PROMPTS, "selection_prompts": SELECTION})
     concepts = args.concepts.split(",")
     for name in concepts:
-        found = steer_concept(model, sae, name, batches[: args.search_batches], out)
-        record[name] = {"sae": f"{args.sae} ({sae.cfg.d_sae} latents)", **found}
+        found = steer_concept(
+            model, sae, name, batches[: args.search_batches], out, protocol, args.min_selection_rate
+        )
+        record[name] = {"sae": f"{args.sae} ({sae.cfg.d_sae} latents)", "protocol": asdict(protocol), **found}
         write_text(path, json.dumps(record, indent=1))  # after each concept: a long run keeps what it did
-    if "sea" in concepts:
+    if "sea" in concepts and record["sea"]["evaluated"]:
         record["golden_gate"] = golden_gate(model, sae, record)
         write_text(path, json.dumps(record, indent=1))
 
 
 def replot(out: Path) -> None:
     record = json.loads((out / "steering.json").read_text())
+    site = str(record["site"])
     for name in CONCEPTS:
         if name not in record:
             continue
         results = {
-            method: SweepResult([SweepPoint(**p) for p in data["points"]], "", SITE)
+            method: SweepResult([SweepPoint(**p) for p in data["points"]], "", site)
             for method, data in record[name].items()
             if isinstance(data, dict) and "points" in data
         }
-        plot_sweep(
-            results, out / f"{name}.png", f"steering SmolLM2 towards '{name}' at {SITE}", STRENGTH_LABEL
-        )
+        if not results:  # screened out: no evaluation sweeps to draw
+            continue
+        plot_sweep(results, out / f"{name}.png", title(name, site), STRENGTH_LABEL)
 
 
 def golden_gate(model: rama.HookedModel, sae: SAE, record: dict[str, object]) -> dict[str, object]:

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
+from tqdm import tqdm
 
 from rama.hooks.core import HookPoint
 from rama.hooks.model import HookedModel
@@ -123,6 +124,7 @@ def latents_by_effect(
     norm: float = 50.0,
     top: int = 5,
     chunk: int = 32,
+    progress: bool = False,
 ) -> list[LatentEffect]:
     """Latents ranked by what they do rather than what they read: each candidate's decoder row, scaled
     to `norm`, is added at the SAE's site from position 1 on, and the score is how much it raises the
@@ -134,7 +136,9 @@ def latents_by_effect(
     batch = model.tokenize(list(prompts))
     base_gain, _ = _concept_log_mass(model, sae.cfg.hook_name, batch, torch.zeros(1, sae.cfg.d_in), concept)
     gains, entropies = [], []
-    for start in range(0, len(chosen), chunk):
+    for start in tqdm(
+        range(0, len(chosen), chunk), desc="latent effects", unit="chunk", disable=not progress
+    ):
         rows = sae.W_dec[chosen[start : start + chunk]].detach().float()
         vectors = rows / rows.norm(dim=-1, keepdim=True).clamp_min(1e-12) * norm
         gain, entropy = _concept_log_mass(model, sae.cfg.hook_name, batch, vectors, concept)
