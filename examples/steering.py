@@ -404,27 +404,20 @@ def clamp_from_position_1(model: rama.HookedModel, sae: SAE, latent: int) -> Cal
     return lambda norm: [set_features(model, sae, [latent], norm / row_norm, positions=slice(1, None))]
 
 
-def sweep_feature(
-    model: rama.HookedModel, sae: SAE, latent: int, name: str, protocol: Protocol
-) -> SweepResult:
-    return strength_sweep(
-        model,
-        clamp_from_position_1(model, sae, latent),
-        PROMPTS,
-        protocol.norms,
-        keyword_scorer(keywords_of(name)),
-        "keywords: " + ",".join(keywords_of(name)),
-        protocol.site,
-    )
-
-
-def sweep_vector(
-    model: rama.HookedModel, direction: torch.Tensor, name: str, protocol: Protocol
-) -> SweepResult:
+def add_from_position_1(
+    model: rama.HookedModel, site: str, direction: torch.Tensor
+) -> Callable[[float], list[Hook]]:
+    """Add the direction, scaled to each norm on the axis, from position 1 on (generated tokens included)."""
     unit = direction / direction.norm()
+    return lambda norm: [add_vector(model, site, unit, norm, positions=slice(1, None))]
+
+
+def sweep(
+    model: rama.HookedModel, hooks_at: Callable[[float], list[Hook]], name: str, protocol: Protocol
+) -> SweepResult:
     return strength_sweep(
         model,
-        lambda norm: [add_vector(model, protocol.site, unit, norm, positions=slice(1, None))],
+        hooks_at,
         PROMPTS,
         protocol.norms,
         keyword_scorer(keywords_of(name)),
@@ -478,14 +471,9 @@ def screen_vector(
 ) -> dict[str, object] | None:
     """The contrastive vector's best point under 2× perplexity on the selection prompts (for the record:
     screening decides on the SAE latent alone, the harder of the two)."""
-    unit = vector / vector.norm()
     ranked = rank_by_steering(
         model,
-        {
-            "contrastive": lambda norm: [
-                add_vector(model, protocol.site, unit, norm, positions=slice(1, None))
-            ]
-        },
+        {"contrastive": add_from_position_1(model, protocol.site, vector)},
         SELECTION,
         protocol.selection_norms,
         keyword_scorer(keywords_of(name)),
@@ -510,8 +498,9 @@ def steer_concept(
     print("   " + " | ".join(repr(a.context[-40:]) for a in contexts))
     vector = contrastive_vector(model, protocol.site, examples_of(name), NEUTRAL, last_only=False)
     screened = {"contrastive_on_selection_prompts": screen_vector(model, vector, name, protocol)}
-    if selection_rate(choice) < min_selection_rate:
-        print(f"  not evaluated: the latent reaches {selection_rate(choice):.2f} on the selection prompts")
+    rate = selection_rate(choice)
+    if rate < min_selection_rate:
+        print(f"  not evaluated: the latent reaches {rate:.2f} on the selection prompts")
         return {
             **choice,
             **screened,
@@ -519,9 +508,11 @@ def steer_concept(
             "evaluated": False,
         }
     results = {
-        f"SAE latent {latent} (clamp)": sweep_feature(model, sae, latent, name, protocol),
-        f"contrastive vector (add; own norm {float(vector.norm()):.0f})": sweep_vector(
-            model, vector, name, protocol
+        f"SAE latent {latent} (clamp)": sweep(
+            model, clamp_from_position_1(model, sae, latent), name, protocol
+        ),
+        f"contrastive vector (add; own norm {float(vector.norm()):.0f})": sweep(
+            model, add_from_position_1(model, protocol.site, vector), name, protocol
         ),
     }
     plot_sweep(results, out / f"{name}.png", title(name, protocol.site), STRENGTH_LABEL)
