@@ -40,7 +40,12 @@ import torch
 import rama
 from rama.atomic import write_text
 from rama.data import PackConfig, token_batches
-from rama.features import latents_by_contrast, latents_by_effect, top_activations
+from rama.features import (
+    latents_by_contrast,
+    latents_by_effect,
+    latents_by_effect_per_concept,
+    top_activations,
+)
 from rama.interventions import add_vector, contrastive_vector, set_features
 from rama.interventions.steering import Hook
 from rama.interventions.sweep import (
@@ -350,25 +355,33 @@ def examples_of(name: str) -> list[str]:
     return list(CONCEPTS[name]["examples"])
 
 
-def candidate_latents(model: rama.HookedModel, sae: SAE, name: str, protocol: Protocol) -> list[int]:
-    """128 candidates: by what they read (most active on the concept texts), or, with `search_all`, by
-    what they write (every latent's effect on four selection prompts: latents that steer need not fire
-    on the concept, as Arad et al. 2025 found for "output features")."""
+def candidate_latents(
+    model: rama.HookedModel, sae: SAE, names: list[str], protocol: Protocol
+) -> dict[str, list[int]]:
+    """128 candidates per concept: by what they read (most active on the concept texts), or, with
+    `search_all`, by what they write (every latent's effect on four selection prompts, all concepts
+    scored from one set of passes: latents that steer need not fire on the concept, as Arad et al.
+    2025 found for "output features")."""
     if not protocol.search_all:
-        return [i for i, _ in latents_by_contrast(sae, model, examples_of(name), NEUTRAL, top=128)]
-    coarse = latents_by_effect(
+        return {
+            name: [i for i, _ in latents_by_contrast(sae, model, examples_of(name), NEUTRAL, top=128)]
+            for name in names
+        }
+    coarse = latents_by_effect_per_concept(
         sae,
         model,
         SELECTION[:COARSE_PROMPTS],
-        keywords_of(name),
+        {name: keywords_of(name) for name in names},
         norm=protocol.effect_norm,
         top=128,
         progress=True,
     )
-    return [r.latent for r in coarse]
+    return {name: [r.latent for r in ranked] for name, ranked in coarse.items()}
 
 
-def choose_latent(model: rama.HookedModel, sae: SAE, name: str, protocol: Protocol) -> dict[str, object]:
+def choose_latent(
+    model: rama.HookedModel, sae: SAE, name: str, candidates: list[int], protocol: Protocol
+) -> dict[str, object]:
     """Candidates, then effect for a shortlist (what each writes one step ahead), then the shortlist's
     steering outcome on the selection prompts for the choice."""
     shortlist = latents_by_effect(
@@ -376,7 +389,7 @@ def choose_latent(model: rama.HookedModel, sae: SAE, name: str, protocol: Protoc
         model,
         SELECTION,
         keywords_of(name),
-        candidates=candidate_latents(model, sae, name, protocol),
+        candidates=candidates,
         norm=protocol.effect_norm,
         top=SHORTLIST,
     )
@@ -486,12 +499,13 @@ def steer_concept(
     model: rama.HookedModel,
     sae: SAE,
     name: str,
+    candidates: list[int],
     batches: list[torch.Tensor],
     out: Path,
     protocol: Protocol,
     min_selection_rate: float = 0.0,
 ) -> dict[str, object]:
-    choice = choose_latent(model, sae, name, protocol)
+    choice = choose_latent(model, sae, name, candidates, protocol)
     latent = int(choice["latent"])  # type: ignore[call-overload]
     contexts = top_activations(sae, model, batches, [latent], k=5)[latent]
     print(f"{name}: latent {latent}; top contexts:")
@@ -582,9 +596,20 @@ def main() -> None:
     record = json.loads(path.read_text()) if path.exists() else {}  # a subset run keeps the others' results
     record.update({"site": protocol.site, "prompts": PROMPTS, "selection_prompts": SELECTION})
     concepts = args.concepts.split(",")
+    unknown = sorted(set(concepts) - set(CONCEPTS))
+    if unknown:
+        raise SystemExit(f"unknown concepts {unknown}; the built-in ones are {', '.join(CONCEPTS)}")
+    candidates = candidate_latents(model, sae, concepts, protocol)
     for name in concepts:
         found = steer_concept(
-            model, sae, name, batches[: args.search_batches], out, protocol, args.min_selection_rate
+            model,
+            sae,
+            name,
+            candidates[name],
+            batches[: args.search_batches],
+            out,
+            protocol,
+            args.min_selection_rate,
         )
         record[name] = {"sae": f"{args.sae} ({sae.cfg.d_sae} latents)", "protocol": asdict(protocol), **found}
         write_text(path, json.dumps(record, indent=1))  # after each concept: a long run keeps what it did

@@ -6,7 +6,12 @@ import pytest
 import torch
 
 import rama
-from rama.features import concept_token_ids, find_latents, latents_by_effect
+from rama.features import (
+    concept_token_ids,
+    find_latents,
+    latents_by_effect,
+    latents_by_effect_per_concept,
+)
 from rama.sae.base import SAE, SAEConfig
 from rama.toys import pretrained
 from rama.toys.ioi import IOITask
@@ -64,3 +69,25 @@ def test_latents_are_ranked_by_how_much_they_make_the_model_say_the_concept() ->
     assert only[1].gain == pytest.approx(ranked[-1].gain, abs=1e-4)  # batching does not change a score
     with pytest.raises(ValueError, match="outside the SAE, which has 4"):
         latents_by_effect(sae, model, prompts, ["mary"], candidates=[4])
+
+
+def test_several_concepts_are_ranked_from_one_set_of_passes_as_each_would_be_alone() -> None:
+    model = rama.load(pretrained("ioi"))
+    site = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    mary, john = model.tokenizer.convert_tokens_to_ids(["Mary", "John"])
+    sae = SAE.create(SAEConfig(d_in=64, d_sae=5, architecture="standard", hook_name=site))
+    with torch.no_grad():
+        sae.W_dec.copy_(torch.randn(5, 64, generator=torch.Generator().manual_seed(1)))
+        sae.W_dec[1] = model.W_U[:, mary]
+        sae.W_dec[3] = model.W_U[:, john]
+    prompts = ["Then, John and Mary went to the store.", "When Paul and Anna had a drink"]
+    concepts = {"mary": ["mary"], "john": ["john"]}
+    together = latents_by_effect_per_concept(sae, model, prompts, concepts, norm=20.0, top=5, chunk=2)
+    assert together["mary"][0].latent == 1 and together["john"][0].latent == 3
+    for name, words in concepts.items():
+        alone = latents_by_effect(sae, model, prompts, words, norm=20.0, top=5)
+        assert [r.latent for r in together[name]] == [r.latent for r in alone]
+        assert [r.gain for r in together[name]] == pytest.approx([r.gain for r in alone], abs=1e-4)
+        assert [r.entropy for r in together[name]] == pytest.approx([r.entropy for r in alone], abs=1e-4)
+    with pytest.raises(ValueError, match="at least one concept"):
+        latents_by_effect_per_concept(sae, model, prompts, {})

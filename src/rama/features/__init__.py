@@ -7,6 +7,7 @@ from rama.features.search import (
     find_latents,
     latents_by_contrast,
     latents_by_effect,
+    latents_by_effect_per_concept,
 )
 from rama.features.top_activations import TopActivation, top_activations
 
@@ -18,5 +19,6 @@ __all__ = [
     "find_latents",
     "latents_by_contrast",
     "latents_by_effect",
+    "latents_by_effect_per_concept",
     "top_activations",
 ]

@@ -3,7 +3,7 @@ words. A first, simple search; feature dashboards come later."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -131,22 +131,47 @@ def latents_by_effect(
     probability that the next token is one of the concept's (`concept_token_ids(words)`). Latents that
     fire on a concept often only detect it; the ones that make the model produce it are the ones that
     steer. Candidates run `chunk` at a time in one batched forward pass each."""
-    concept = concept_token_ids(model, words)
+    ranked = latents_by_effect_per_concept(
+        sae, model, prompts, {"concept": words}, candidates, norm, top, chunk, progress
+    )
+    return ranked["concept"]
+
+
+def latents_by_effect_per_concept(
+    sae: SAE,
+    model: HookedModel,
+    prompts: Sequence[str],
+    concepts: Mapping[str, Sequence[str]],
+    candidates: Sequence[int] | None = None,
+    norm: float = 50.0,
+    top: int = 5,
+    chunk: int = 32,
+    progress: bool = False,
+) -> dict[str, list[LatentEffect]]:
+    """`latents_by_effect` for several concepts (name → words) from one set of forward passes: the
+    passes are the same for every concept, only the tokens scored differ, so a search over every
+    latent costs the same for one concept as for twenty."""
+    if not concepts:
+        raise ValueError("give at least one concept, e.g. {'sea': ['sea', 'ship*']}")
+    ids = [concept_token_ids(model, words) for words in concepts.values()]
     chosen = list(range(sae.cfg.d_sae)) if candidates is None else check_latents(sae, candidates)
     batch = model.tokenize(list(prompts))
-    base_gain, _ = _concept_log_mass(model, sae.cfg.hook_name, batch, torch.zeros(1, sae.cfg.d_in), concept)
+    base_gain, _ = _concept_log_mass(model, sae.cfg.hook_name, batch, torch.zeros(1, sae.cfg.d_in), ids)
     gains, entropies = [], []
     for start in tqdm(
         range(0, len(chosen), chunk), desc="latent effects", unit="chunk", disable=not progress
     ):
         rows = sae.W_dec[chosen[start : start + chunk]].detach().float()
         vectors = rows / rows.norm(dim=-1, keepdim=True).clamp_min(1e-12) * norm
-        gain, entropy = _concept_log_mass(model, sae.cfg.hook_name, batch, vectors, concept)
-        gains.append(gain - base_gain)
+        gain, entropy = _concept_log_mass(model, sae.cfg.hook_name, batch, vectors, ids)
+        gains.append(gain - base_gain)  # [concepts, chunk]
         entropies.append(entropy)
-    gain, entropy = torch.cat(gains), torch.cat(entropies)
-    order = gain.argsort(descending=True)[:top].tolist()
-    return [LatentEffect(chosen[i], float(gain[i]), float(entropy[i])) for i in order]
+    gain, entropy = torch.cat(gains, dim=1), torch.cat(entropies)
+    ranked = {}
+    for name, concept_gain in zip(concepts, gain, strict=True):
+        order = concept_gain.argsort(descending=True)[:top].tolist()
+        ranked[name] = [LatentEffect(chosen[i], float(concept_gain[i]), float(entropy[i])) for i in order]
+    return ranked
 
 
 def check_latents(sae: SAE, latents: Sequence[int]) -> list[int]:
@@ -161,10 +186,11 @@ def check_latents(sae: SAE, latents: Sequence[int]) -> list[int]:
 
 
 def _concept_log_mass(
-    model: HookedModel, site: str, batch: Batch, vectors: torch.Tensor, concept: torch.Tensor
+    model: HookedModel, site: str, batch: Batch, vectors: torch.Tensor, concepts: Sequence[torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each vector `[n, d]`: the mean over prompts and positions ≥ 1 of log Σ_concept p(next token),
-    and the mean next-token entropy, with the vector added at `site` from position 1 on."""
+    """For each vector `[n, d]` added at `site` from position 1 on: the mean over prompts and positions
+    ≥ 1 of log Σ_concept p(next token) for each concept's ids (`[concepts, n]`), and the mean next-token
+    entropy (`[n]`)."""
     n, prompts = vectors.shape[0], batch.tokens.shape[0]
     mask = batch.attention_mask if batch.attention_mask is not None else torch.ones_like(batch.tokens)
     added = vectors.repeat_interleave(prompts, 0)  # [n * prompts, d]
@@ -180,7 +206,10 @@ def _concept_log_mass(
         )
     log_probs = logits[:, 1:].float().log_softmax(-1)  # predictions made at positions ≥ 1
     keep = mask.repeat(n, 1)[:, 1:].float()
-    mass = log_probs[..., concept].logsumexp(-1)
-    entropy = -(log_probs.exp() * log_probs).sum(-1)
-    per_row = [(value * keep).sum(1) / keep.sum(1).clamp_min(1) for value in (mass, entropy)]
-    return per_row[0].view(n, prompts).mean(1), per_row[1].view(n, prompts).mean(1)
+
+    def mean_per_vector(value: torch.Tensor) -> torch.Tensor:  # [n * prompts, pos] -> [n]
+        return ((value * keep).sum(1) / keep.sum(1).clamp_min(1)).view(n, prompts).mean(1)
+
+    masses = torch.stack([mean_per_vector(log_probs[..., ids].logsumexp(-1)) for ids in concepts])
+    entropy = mean_per_vector(-(log_probs.exp() * log_probs).sum(-1))
+    return masses, entropy
