@@ -19,8 +19,12 @@ those whose chosen latent reaches 0.8 on the selection prompts get the evaluatio
     python examples/steering.py sae-l18 --out docs/steering-l18 --concepts religion,sea,space --search-all \
         --effect-norm 65 --selection-norms 65,80,95,110 --norms 0,40,60,70,80,90,100,110,120,140 \
         --min-selection-rate 0.8
-    python examples/steering.py sae-l12 --out docs/steering-l12 --concepts religion,food,space --search-all \
+    python examples/steering.py sae-l12 --out docs/steering-l12 --search-all \
         --effect-norm 55 --selection-norms 45,55,65,80 --norms 0,30,40,50,60,70,80,90,100,120 \
+        --min-selection-rate 0.8
+    rama sae train --site blocks.15.hook_resid_post --width 4608 --k 32 --tokens 1000000 --out sae-l15
+    python examples/steering.py sae-l15 --out docs/steering-l15 --search-all \
+        --effect-norm 65 --selection-norms 50,65,80,100 --norms 0,30,40,50,60,70,80,90,100,120 \
         --min-selection-rate 0.8
 
 A run of some concepts rewrites their entries in OUT/steering.json and keeps the others' (each entry names
