@@ -516,15 +516,11 @@ def steer_concept(
     print("   " + " | ".join(repr(a.context[-40:]) for a in contexts))
     vector = contrastive_vector(model, protocol.site, examples_of(name), NEUTRAL, last_only=False)
     screened = {"contrastive_on_selection_prompts": screen_vector(model, vector, name, protocol)}
+    found = {**choice, **screened, "latent_top_contexts": [a.context for a in contexts]}
     rate = selection_rate(choice)
     if rate < min_selection_rate:
         print(f"  not evaluated: the latent reaches {rate:.2f} on the selection prompts")
-        return {
-            **choice,
-            **screened,
-            "latent_top_contexts": [a.context for a in contexts],
-            "evaluated": False,
-        }
+        return {**found, "evaluated": False}
     results = {
         f"SAE latent {latent} (clamp)": sweep(
             model, clamp_from_position_1(model, sae, latent), name, protocol
@@ -535,13 +531,7 @@ def steer_concept(
     }
     plot_sweep(results, out / f"{name}.png", title(name, protocol.site), STRENGTH_LABEL)
     report(name, results)
-    return {
-        **choice,
-        **screened,
-        "latent_top_contexts": [a.context for a in contexts],
-        "evaluated": True,
-        **{method: summary(r) for method, r in results.items()},
-    }
+    return {**found, "evaluated": True, **{method: summary(r) for method, r in results.items()}}
 
 
 def norms(text: str) -> list[float]:
@@ -590,6 +580,10 @@ def main() -> None:
     out = Path(args.out)
     if args.replot:
         return replot(out)
+    concepts = args.concepts.split(",")
+    unknown = sorted(set(concepts) - set(CONCEPTS))
+    if unknown:  # before minutes of loading
+        raise SystemExit(f"unknown concepts {unknown}; the built-in ones are {', '.join(CONCEPTS)}")
     model = rama.load("smollm2-135m")
     sae = SAE.load(args.sae)
     protocol = Protocol(
@@ -599,10 +593,6 @@ def main() -> None:
     path = out / "steering.json"
     record = json.loads(path.read_text()) if path.exists() else {}  # a subset run keeps the others' results
     record.update({"site": protocol.site, "prompts": PROMPTS, "selection_prompts": SELECTION})
-    concepts = args.concepts.split(",")
-    unknown = sorted(set(concepts) - set(CONCEPTS))
-    if unknown:
-        raise SystemExit(f"unknown concepts {unknown}; the built-in ones are {', '.join(CONCEPTS)}")
     candidates = candidate_latents(model, sae, concepts, protocol)
     for name in concepts:
         found = steer_concept(
