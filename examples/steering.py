@@ -546,6 +546,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", default="docs/steering")
     parser.add_argument("--concepts", default=",".join(CONCEPTS), help="which of the built-in concepts")
     parser.add_argument("--search-batches", type=int, default=8, help="corpus batches for top contexts")
+    parser.add_argument(
+        "--corpus", default=None, help="corpus for the top contexts (default: the built-in English corpus)"
+    )
     parser.add_argument("--replot", action="store_true", help="redraw the figures from OUT/steering.json")
     parser.add_argument(
         "--min-selection-rate",
@@ -589,7 +592,15 @@ def main() -> None:
     protocol = Protocol(
         sae.cfg.hook_name, args.norms, args.selection_norms, args.effect_norm, args.search_all
     )
-    batches = list(token_batches(model.tokenizer, batch_size=8, config=PackConfig(context_size=128, seed=1)))
+    batches = list(
+        token_batches(
+            model.tokenizer,
+            args.corpus,
+            batch_size=8,
+            config=PackConfig(context_size=128, seed=1),
+            max_tokens=args.search_batches * 8 * 128,
+        )
+    )
     path = out / "steering.json"
     record = json.loads(path.read_text()) if path.exists() else {}  # a subset run keeps the others' results
     record.update({"site": protocol.site, "prompts": PROMPTS, "selection_prompts": SELECTION})
@@ -600,7 +611,7 @@ def main() -> None:
             sae,
             name,
             candidates[name],
-            batches[: args.search_batches],
+            batches,
             out,
             protocol,
             args.min_selection_rate,
