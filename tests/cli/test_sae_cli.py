@@ -118,3 +118,17 @@ def test_target_l0_option_steers_the_saved_coefficient(tmp_path: Path, smollm: o
     from rama.sae import SAE
 
     assert SAE.load(out).cfg.l1_coefficient > 0.05  # 64 latents start far above L0 4: it rose
+
+
+def test_fewer_harvested_tokens_train_in_epochs_even_with_the_default_stream(
+    tmp_path: Path, smollm: object
+) -> None:
+    out = tmp_path / "epochs"
+    result = rama_in_process(
+        "sae", "train", "--site", "blocks.1.hook_resid_post", "--width", "64", "--k", "4",
+        "--tokens", "8192", "--harvest-tokens", "2048", "--batch-size", "512", "--eval-tokens", "512",
+        "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["tokens"] == 8192 and 1900 < metrics["harvested_tokens"] <= 2048  # four epochs

@@ -116,3 +116,17 @@ def test_a_second_training_run_reuses_the_cache(smollm: Any, tmp_path: Path) -> 
     assert first_metrics["harvested_tokens"] == second_metrics["harvested_tokens"] == cached_tokens
     assert manifest.stat().st_mtime_ns == written  # read, not harvested again
     assert torch.equal(first.W_dec, second.W_dec)
+
+
+def test_streaming_refuses_to_harvest_fewer_tokens_than_it_trains_on(smollm: Any, tmp_path: Path) -> None:
+    config = TrainConfig(architecture="topk", d_sae=64, k=4, batch_size=64, total_tokens=4096, progress=False)
+    with pytest.raises(ValueError, match=r"harvest_config.tokens \(1,024\) must be at least total_tokens"):
+        train(
+            smollm,
+            SITES[0],
+            tmp_path / "a",
+            config=config,
+            harvest_config=HarvestConfig(tokens=1024),
+            stream=True,
+        )
+    assert not (tmp_path / "a" / "cfg.json").exists()

@@ -24,7 +24,11 @@ class SAETrainOptions:
     )
     skip: bool = option(False, "add a skip connection (skip-transcoder)")
     tokens: int = option(2_000_000, "training tokens")
-    harvest_tokens: int | None = option(None, "tokens to harvest (default: --tokens; fewer means epochs)")
+    harvest_tokens: int | None = option(
+        None,
+        "tokens to harvest (default: --tokens; fewer means epochs, over activations held in memory "
+        "or in --activation-cache)",
+    )
     batch_size: int = option(4096, "activations per training step")
     lr: float | None = option(None, "learning rate (default: 2e-4 / sqrt(width / 16384))")
     eval_tokens: int = option(16_384, "held-out tokens for metrics.json")
@@ -90,7 +94,12 @@ def run_train(options: SAETrainOptions) -> int:
         seed=options.seed,
     )
     model = load(options.model)
-    streaming = options.stream and options.activation_cache is None
+    epochs = options.harvest_tokens is not None and options.harvest_tokens < options.tokens
+    if epochs and options.stream and options.activation_cache is None:
+        print(
+            f"--harvest-tokens {options.harvest_tokens} < --tokens {options.tokens}: epochs over activations in memory"
+        )
+    streaming = options.stream and options.activation_cache is None and not epochs
     default_harvest = options.tokens + 262_144 if streaming else options.tokens
     harvest_config = HarvestConfig(tokens=options.harvest_tokens or default_harvest, seed=options.seed)
     _, metrics = train(
@@ -102,7 +111,7 @@ def run_train(options: SAETrainOptions) -> int:
         harvest_config=harvest_config,
         eval_tokens=options.eval_tokens,
         site_out=options.site_out,
-        stream=options.stream,
+        stream=streaming,
         activation_cache=options.activation_cache,
     )
     print_metrics(metrics)

@@ -65,6 +65,12 @@ def train(
         out = Path(out)
         check_output(out)
         harvest_config = harvest_config or HarvestConfig(tokens=config.total_tokens + 262_144)
+        if harvest_config.tokens < config.total_tokens:
+            raise ValueError(
+                f"stream=True uses each activation once, so harvest_config.tokens "
+                f"({harvest_config.tokens:,}) must be at least total_tokens ({config.total_tokens:,}); "
+                "for epochs over fewer tokens, train with stream=False or activation_cache=DIR"
+            )
         source = StreamingBatches(
             model, site, site_out, harvest_config, config.batch_size, corpus=corpus, seed=config.seed
         )
