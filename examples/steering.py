@@ -26,6 +26,12 @@ those whose chosen latent reaches 0.8 on the selection prompts get the evaluatio
     python examples/steering.py sae-l15 --out docs/steering-l15 --search-all \
         --effect-norm 65 --selection-norms 50,65,80,100 --norms 0,30,40,50,60,70,80,90,100,120 \
         --min-selection-rate 0.8
+    python examples/generated_corpus.py --out answers.jsonl --tokens 330000
+    rama sae train --site blocks.12.hook_resid_post --width 4608 --k 32 --tokens 1000000 \
+        --harvest-tokens 290000 --corpus answers.jsonl --out sae-l12-gen
+    python examples/steering.py sae-l12-gen --out docs/steering-l12-gen --search-all --corpus answers.jsonl \
+        --effect-norm 55 --selection-norms 45,55,65,80 --norms 0,30,40,50,60,70,80,90,100,120 \
+        --min-selection-rate 0.8
 
 A run of some concepts rewrites their entries in OUT/steering.json and keeps the others' (each entry names
 the SAE and protocol it used; each sweep point carries its strength).
