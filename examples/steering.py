@@ -32,6 +32,10 @@ those whose chosen latent reaches 0.8 on the selection prompts get the evaluatio
     python examples/steering.py sae-l12-gen --out docs/steering-l12-gen --search-all --corpus answers.jsonl \
         --effect-norm 55 --selection-norms 45,55,65,80 --norms 0,30,40,50,60,70,80,90,100,120 \
         --min-selection-rate 0.8
+    rama sae train --site blocks.9.hook_resid_post --width 4608 --k 32 --tokens 1000000 \
+        --harvest-tokens 290000 --corpus answers.jsonl --out sae-l9-gen
+    python examples/steering.py sae-l9-gen --out docs/steering-l9-gen --search-all --corpus answers.jsonl \
+        --concepts space,war --min-selection-rate 0.8
 
 A run of some concepts rewrites their entries in OUT/steering.json and keeps the others' (each entry names
 the SAE and protocol it used; each sweep point carries its strength).
