@@ -1,7 +1,7 @@
 """A corpus written by SmolLM2-135M-Instruct itself, for SAEs whose features should match the model's
 own modern prose rather than the built-in corpus's Bible, Shakespeare and WordNet.
 
-Each document answers one chat request ("Write a short paragraph about X.", "Tell me a story about X.",
+Each document answers one chat request ("Write a short paragraph about X.", "Tell me a short story about X.",
 ...) whose topic X is a common English noun: a WordNet noun lemma (Debian `wordnet-base`) that occurs
 at least once in WordNet's sense-tagged text. Topics and templates are drawn at random (seeded per
 batch), answers are sampled (temperature 1, top-p 0.95), and only the answer is kept. The concept
@@ -138,7 +138,6 @@ def main() -> None:
     model = rama.load("smollm2-135m")
     model.tokenizer.padding_side = "left"
     batch, tokens = done_batches(args.out)
-    torch.manual_seed(args.seed)
     bar = tqdm(total=args.tokens, initial=tokens, unit="tok", desc="generate")
     while tokens < args.tokens:
         torch.manual_seed(args.seed * 1_000_003 + batch)
