@@ -97,6 +97,7 @@ def done_batches(path: Path) -> tuple[int, int]:
     if not path.exists():
         return 0, 0
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    written = len(lines)
     if lines and not lines[-1].endswith("\n"):
         lines.pop()
     records = [json.loads(line) for line in lines]
@@ -106,7 +107,7 @@ def done_batches(path: Path) -> tuple[int, int]:
         if len(tail) < tail[0]["batch_lines"]:
             records = records[: len(records) - len(tail)]
             lines = lines[: len(records)]
-    if len(lines) != len(path.read_text(encoding="utf-8").splitlines(keepends=True)):
+    if len(lines) != written:
         write_text(path, "".join(lines))
     counted = {r["batch"]: r["batch_tokens"] for r in records}
     return (max(counted) + 1 if counted else 0), sum(counted.values())
@@ -140,8 +141,9 @@ def main() -> None:
     batch, tokens = done_batches(args.out)
     bar = tqdm(total=args.tokens, initial=tokens, unit="tok", desc="generate")
     while tokens < args.tokens:
-        torch.manual_seed(args.seed * 1_000_003 + batch)
-        prompts = chat_prompts(model.tokenizer, nouns, args.batch_size, seed=args.seed * 1_000_003 + batch)
+        batch_seed = args.seed * 1_000_003 + batch
+        torch.manual_seed(batch_seed)
+        prompts = chat_prompts(model.tokenizer, nouns, args.batch_size, seed=batch_seed)
         texts, batch_tokens = answers(model, prompts, args.max_new_tokens)
         append_batch(args.out, texts, batch, batch_tokens)
         batch, tokens = batch + 1, tokens + batch_tokens
