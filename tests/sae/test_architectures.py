@@ -15,6 +15,7 @@ from rama.toys import FeatureSuite
 RECIPES: dict[str, dict[str, Any]] = {
     "topk": {"k": 5},
     "batchtopk": {"k": 5},
+    "matryoshka": {"k": 5},
     "standard": {"l1_coefficient": 3.0},
     "jumprelu": {"l0_coefficient": 2.0},
     "gated": {"l1_coefficient": 3.0},

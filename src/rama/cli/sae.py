@@ -14,9 +14,13 @@ class SAETrainOptions:
     model: str = option("smollm2-135m", "built-in name, local HF folder or hub id")
     site: str = option("blocks.9.hook_resid_post", "the site the SAE reads")
     site_out: str | None = option(None, "train a transcoder that predicts this site instead")
-    arch: str = option("topk", "topk | batchtopk | standard (ReLU+L1) | jumprelu | gated")
+    arch: str = option("topk", "topk | batchtopk | matryoshka | standard (ReLU+L1) | jumprelu | gated")
     width: int = option(4608, "number of latents (d_sae)")
-    k: int | None = option(32, "active latents per token (topk, batchtopk)")
+    k: int | None = option(32, "active latents per token (topk, batchtopk, matryoshka)")
+    matryoshka_widths: str | None = option(
+        None,
+        "--arch matryoshka: comma-separated prefix widths ending at --width (default: width/64, /16, /4, width)",
+    )
     l1: float = option(0.0, "L1 coefficient (standard, gated)")
     l0: float = option(0.0, "L0 coefficient (jumprelu)")
     target_l0: float | None = option(
@@ -76,12 +80,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     eval_parser.set_defaults(handler=lambda ns: run_eval(from_args(SAEEvalOptions, ns)))
 
 
+def parse_matryoshka_widths(options: SAETrainOptions) -> list[int] | None:
+    if options.matryoshka_widths is None:
+        return None
+    if options.arch != "matryoshka":
+        raise SystemExit(f"--matryoshka-widths is for --arch matryoshka; got --arch {options.arch}")
+    from rama.sae.base import SAEConfig
+    from rama.sae.matryoshka import WIDTHS_KEY, matryoshka_widths
+
+    try:
+        widths = [int(w) for w in options.matryoshka_widths.split(",")]
+        matryoshka_widths(
+            SAEConfig(d_in=1, d_sae=options.width, extra={WIDTHS_KEY: widths})
+        )  # before harvest
+    except ValueError as error:
+        raise SystemExit(
+            f"--matryoshka-widths takes comma-separated integers rising to --width, such as 72,288,1152,4608: "
+            f"{error}"
+        ) from None
+    return widths
+
+
 def run_train(options: SAETrainOptions) -> int:
     from rama import load
     from rama.sae import HarvestConfig, TrainConfig, train
 
     config = TrainConfig(
         architecture=options.arch,
+        matryoshka_widths=parse_matryoshka_widths(options),
         d_sae=options.width,
         k=options.k,
         l1_coefficient=options.l1,

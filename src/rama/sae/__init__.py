@@ -1,6 +1,6 @@
 """Sparse autoencoders and transcoders: one file per architecture behind one registry."""
 
-from rama.sae import batchtopk, gated, jumprelu, relu, topk  # noqa: F401 - registers the architectures
+from rama.sae import batchtopk, gated, jumprelu, matryoshka, relu, topk  # noqa: F401 - registers the architectures
 from rama.sae.base import REGISTRY, SAE, SAEConfig
 from rama.sae.disk import DiskActivations, cache_activations
 from rama.sae.evaluate import evaluate

@@ -25,7 +25,7 @@ class SAEConfig:
     d_sae: int
     architecture: str = "topk"
     d_out: int | None = None  # None: an SAE (d_out = d_in); else a transcoder
-    k: int | None = None  # topk / batchtopk
+    k: int | None = None  # topk / batchtopk / matryoshka
     l1_coefficient: float = 0.0  # relu ("standard") and gated
     l0_coefficient: float = 0.0  # jumprelu
     jumprelu_bandwidth: float = 0.1  # in the training scale, where E‖x‖² = d_in

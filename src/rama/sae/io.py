@@ -18,13 +18,15 @@ from safetensors.torch import load_file, save_file
 from rama import __version__
 from rama.sae.base import SAE, SAEConfig
 
-# rama architecture -> SAELens v6 name (BatchTopK is saved as the JumpReLU it is at inference)
+# rama architecture -> SAELens v6 name (BatchTopK, Matryoshka included, is saved as the JumpReLU
+# it is at inference)
 SAELENS_NAMES = {
     "standard": "standard",
     "topk": "topk",
     "jumprelu": "jumprelu",
     "gated": "gated",
     "batchtopk": "jumprelu",
+    "matryoshka": "jumprelu",
 }
 
 
@@ -170,7 +172,7 @@ def read_saelens(folder: Path) -> SAE:
     weights = _safe_load(folder / "sae_weights.safetensors")
     if "rama" in raw:
         cfg = SAEConfig(**raw["rama"])
-        if cfg.architecture == "batchtopk":
+        if SAELENS_NAMES.get(cfg.architecture) == "jumprelu":
             cfg.architecture = "jumprelu"  # its exported threshold is what it is at inference
         return build_from_weights(cfg, weights, folder)
     return build_from_weights(cfg_from_saelens(raw, weights, folder), weights, folder)

@@ -44,6 +44,7 @@ class TrainConfig:
     b_dec_init: str = "geometric_median"  # or "mean", "zeros"
     normalize: bool = True
     skip_connection: bool = False
+    matryoshka_widths: list[int] | None = None  # matryoshka: nested prefix widths (None: the default)
     seed: int = 0
     checkpoint_dir: str | None = None
     checkpoint_every: int = 100  # steps
@@ -124,12 +125,18 @@ def build_sae(config: TrainConfig, d_in: int, d_out: int | None, meta: dict[str,
         d_sae=config.d_sae,
         architecture=config.architecture,
         d_out=d_out,
-        k=config.k if config.architecture in ("topk", "batchtopk") else None,
+        k=config.k if config.architecture in ("topk", "batchtopk", "matryoshka") else None,
         l1_coefficient=config.l1_coefficient,
         l0_coefficient=config.l0_coefficient,
         skip_connection=config.skip_connection,
         **{**meta, **config.sae_extra},
     )
+    if config.matryoshka_widths is not None:
+        if config.architecture != "matryoshka":
+            raise ValueError(
+                f"matryoshka_widths is for the 'matryoshka' architecture; got {config.architecture!r}"
+            )
+        cfg.extra = {**cfg.extra, "matryoshka_widths": list(config.matryoshka_widths)}
     coefficient = sae_class(cfg.architecture).training_coefficient
     if coefficient is not None and getattr(cfg, coefficient) <= 0:
         raise ValueError(f"training a {cfg.architecture!r} SAE needs {coefficient} > 0")

@@ -1,0 +1,72 @@
+"""Matryoshka BatchTopK SAE (Nabeshima 2024; Bussmann et al. 2025): the latents come in nested
+prefixes, and every prefix is trained to reconstruct the input on its own.
+
+A plain SAE lets a specific latent absorb a general one ("Paris" swallows "city"), so a broad concept
+has no latent of its own. Here the first prefix must reconstruct without the later latents, which
+keeps broad features in it; later prefixes add detail. Selection is BatchTopK over all latents, and
+the SAE is saved as the JumpReLU it is at inference, as SAELens saves it.
+"""
+
+from __future__ import annotations
+
+from itertools import pairwise
+
+import torch
+
+from rama.sae.base import LossOutput, SAEConfig, TrainState, mse_fvu, register
+from rama.sae.batchtopk import BatchTopKSAE
+from rama.sae.topk import aux_k_loss
+
+WIDTHS_KEY = "matryoshka_widths"
+
+
+def default_widths(d_sae: int) -> list[int]:
+    """d_sae/64, d_sae/16, d_sae/4 and all of it: each prefix four times the one before."""
+    widths = [d_sae // 64, d_sae // 16, d_sae // 4, d_sae]
+    return sorted({w for w in widths if w > 0})
+
+
+def matryoshka_widths(cfg: SAEConfig) -> list[int]:
+    """The prefix widths from `cfg.extra["matryoshka_widths"]` (default `default_widths`), checked."""
+    widths = [int(w) for w in cfg.extra.get(WIDTHS_KEY) or default_widths(cfg.d_sae)]
+    increasing = all(a < b for a, b in pairwise(widths))
+    if not widths or widths[0] <= 0 or not increasing or widths[-1] != cfg.d_sae:
+        raise ValueError(
+            f"matryoshka_widths must increase strictly from above 0 and end at d_sae ({cfg.d_sae}), "
+            f"e.g. {default_widths(cfg.d_sae)}; got {widths}"
+        )
+    return widths
+
+
+@register("matryoshka")
+class MatryoshkaSAE(BatchTopKSAE):
+    def __init__(self, cfg: SAEConfig) -> None:
+        self.widths = matryoshka_widths(cfg)
+        super().__init__(cfg)
+
+    def loss(self, x: torch.Tensor, target: torch.Tensor, state: TrainState) -> LossOutput:
+        """The mean of every prefix's FVU: prefix i decodes only latents below widths[i]."""
+        pre = self.pre_activations(x)
+        values, flat = self.select(pre)
+        latents = flat % self.cfg.d_sae
+        reconstruction = self.b_dec + self.skip(x) + torch.zeros_like(target)
+        prefix_fvus = []
+        start = 0
+        for end in self.widths:
+            group = (latents >= start) & (latents < end)
+            reconstruction = reconstruction + self._decode_by_rows(flat[group], values[group], x.shape[0])
+            prefix_fvus.append(mse_fvu(reconstruction, target)[1])
+            start = end
+        centred = x - self.b_dec if self.subtracts_b_dec else x
+        aux = aux_k_loss(self, pre, centred, target - reconstruction, state.dead_mask(), self.cfg.d_in // 2)
+        self._update_threshold(values.detach())
+        fired = torch.zeros(self.cfg.d_sae, dtype=torch.bool, device=x.device)
+        fired[latents[values > 0]] = True
+        loss = torch.stack(prefix_fvus).mean() + self.cfg.aux_k_coefficient * aux
+        terms = {
+            "fvu": prefix_fvus[-1].item(),
+            "fvu_first_prefix": prefix_fvus[0].item(),
+            "aux_k": aux.item(),
+            "l0": float((values > 0).sum()) / x.shape[0],
+        }
+        return LossOutput(loss, reconstruction, fired, terms)
