@@ -5,7 +5,7 @@ the unsteered model; then a Golden-Gate-style clamp.
 The SAE latent for a concept is found in three steps, none of which sees the evaluation prompts:
 candidates are the 128 latents most active on short concept texts against neutral ones
 (`latents_by_contrast`), or with `--search-all` the 128 best by effect among every latent on four
-selection prompts; the five among them whose decoder rows most raise the probability of the concept's
+selection prompts; the five (`--shortlist`) among them whose decoder rows most raise the probability of the concept's
 words when added (`latents_by_effect`, on the selection prompts) are each steered at the selection
 norms on the selection prompts, and the one with the highest concept rate under 2× perplexity is
 chosen (`rank_by_steering`). Strengths are the norm of what is added to the residual stream, so both
@@ -36,6 +36,9 @@ those whose chosen latent reaches 0.8 on the selection prompts get the evaluatio
         --harvest-tokens 290000 --corpus answers.jsonl --out sae-l9-gen
     python examples/steering.py sae-l9-gen --out docs/steering-l9-gen --search-all --corpus answers.jsonl \
         --concepts space,war --min-selection-rate 0.8
+
+    python examples/steering.py sae-l9 --out docs/steering-l9-wide --search-all --shortlist 24 \
+        --concepts space,sea,music,food,war --min-selection-rate 0.8
 
 A run of some concepts rewrites their entries in OUT/steering.json and keeps the others' (each entry names
 the SAE and protocol it used; each sweep point carries its strength).
@@ -355,6 +358,7 @@ class Protocol:
     selection_norms: list[float]  # the shortlist's steering on the selection prompts
     effect_norm: float  # the norm at which `latents_by_effect` adds each decoder row
     search_all: bool  # rank every latent by effect, not only those most active on concept texts
+    shortlist: int = SHORTLIST  # latents by effect whose steering is measured on the selection prompts
 
 
 def title(name: str, site: str) -> str:
@@ -405,7 +409,7 @@ def choose_latent(
         keywords_of(name),
         candidates=candidates,
         norm=protocol.effect_norm,
-        top=SHORTLIST,
+        top=protocol.shortlist,
     )
     ranked = rank_by_steering(
         model,
@@ -585,6 +589,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--search-all", action="store_true", help="rank every latent by effect, not 128 by contrast"
     )
+    parser.add_argument(
+        "--shortlist",
+        type=int,
+        default=SHORTLIST,
+        help="how many of the best latents by effect are steered on the selection prompts",
+    )
     return parser.parse_args()
 
 
@@ -597,10 +607,19 @@ def main() -> None:
     unknown = sorted(set(concepts) - set(CONCEPTS))
     if unknown:  # before minutes of loading
         raise SystemExit(f"unknown concepts {unknown}; the built-in ones are {', '.join(CONCEPTS)}")
+    if args.shortlist < 1:
+        raise SystemExit(
+            f"--shortlist must be at least 1 (the latents steered on the selection prompts); got {args.shortlist}"
+        )
     model = rama.load("smollm2-135m")
     sae = SAE.load(args.sae)
     protocol = Protocol(
-        sae.cfg.hook_name, args.norms, args.selection_norms, args.effect_norm, args.search_all
+        sae.cfg.hook_name,
+        args.norms,
+        args.selection_norms,
+        args.effect_norm,
+        args.search_all,
+        args.shortlist,
     )
     batches = list(
         token_batches(
