@@ -39,6 +39,12 @@ those whose chosen latent reaches 0.8 on the selection prompts get the evaluatio
 
     python examples/steering.py sae-l9 --out docs/steering-l9-wide --search-all --shortlist 24 \
         --concepts space,sea,music,food,war --min-selection-rate 0.8
+    rama sae train --site blocks.9.hook_resid_post --arch matryoshka --width 4608 --k 32 --tokens 1500000 \
+        --out sae-l9-mat
+    python examples/steering.py sae-l9-mat --out docs/steering-l9-matryoshka --search-all --min-selection-rate 0.8
+    python examples/steering.py sae-l9-mat --out docs/steering-l9-matryoshka-high --search-all \
+        --concepts religion,computers,music,space,war,food --selection-norms 50,60,70,80,90 \
+        --norms 0,20,30,40,50,60,70,80,90,100,120 --min-selection-rate 0.8
 
 A run of some concepts rewrites their entries in OUT/steering.json and keeps the others' (each entry names
 the SAE and protocol it used; each sweep point carries its strength).
