@@ -88,11 +88,9 @@ def parse_matryoshka_widths(options: SAETrainOptions) -> list[int] | None:
     from rama.sae.base import SAEConfig
     from rama.sae.matryoshka import WIDTHS_KEY, matryoshka_widths
 
-    try:
+    try:  # checked here, before minutes of harvesting, by the rule the SAE itself applies
         widths = [int(w) for w in options.matryoshka_widths.split(",")]
-        matryoshka_widths(
-            SAEConfig(d_in=1, d_sae=options.width, extra={WIDTHS_KEY: widths})
-        )  # before harvest
+        matryoshka_widths(SAEConfig(d_in=1, d_sae=options.width, extra={WIDTHS_KEY: widths}))
     except ValueError as error:
         raise SystemExit(
             f"--matryoshka-widths takes comma-separated integers rising to --width, such as 72,288,1152,4608: "

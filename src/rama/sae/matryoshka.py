@@ -49,7 +49,7 @@ class MatryoshkaSAE(BatchTopKSAE):
         pre = self.pre_activations(x)
         values, flat = self.select(pre)
         latents = flat % self.cfg.d_sae
-        reconstruction = self.b_dec + self.skip(x) + torch.zeros_like(target)
+        reconstruction = torch.zeros_like(target) + self.b_dec + self.skip(x)  # [batch, d_out]
         prefix_fvus = []
         start = 0
         for end in self.widths:
