@@ -90,6 +90,7 @@ class SAE(nn.Module):
     architecture: ClassVar[str] = ""
     decoder_unit_norm: ClassVar[bool] = True  # rows of W_dec kept at unit norm during training
     training_coefficient: ClassVar[str | None] = None  # the sparsity coefficient training needs > 0
+    takes_k: ClassVar[bool] = False  # sparsity set by k active latents per token, not by a penalty
     # An architecture where most latents fire at initialisation (no top-k cut) starts its tied
     # encoder at d_in / d_sae of W_dec.T, so the first reconstruction is near x and not d_sae / d_in
     # times it; at full scale the first hundred steps only undo the blow-up.

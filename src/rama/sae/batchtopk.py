@@ -16,6 +16,7 @@ from rama.sae.topk import aux_k_loss
 
 @register("batchtopk")
 class BatchTopKSAE(SAE):
+    takes_k = True  # Matryoshka inherits it
     threshold: torch.Tensor
 
     def __init__(self, cfg: SAEConfig) -> None:

@@ -87,6 +87,8 @@ def aux_k_loss(
 
 @register("topk")
 class TopKSAE(SAE):
+    takes_k = True
+
     def __init__(self, cfg: SAEConfig) -> None:
         if not cfg.k or not 0 < cfg.k <= cfg.d_sae:
             raise ValueError(f"a topk SAE needs 0 < k <= d_sae ({cfg.d_sae}); got k={cfg.k}")

@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from rama.sae.base import SAE, SAEConfig, TrainState, sae_class
+from rama.sae.matryoshka import WIDTHS_KEY
 
 
 @dataclass
@@ -125,7 +126,7 @@ def build_sae(config: TrainConfig, d_in: int, d_out: int | None, meta: dict[str,
         d_sae=config.d_sae,
         architecture=config.architecture,
         d_out=d_out,
-        k=config.k if config.architecture in ("topk", "batchtopk", "matryoshka") else None,
+        k=config.k if sae_class(config.architecture).takes_k else None,
         l1_coefficient=config.l1_coefficient,
         l0_coefficient=config.l0_coefficient,
         skip_connection=config.skip_connection,
@@ -136,7 +137,7 @@ def build_sae(config: TrainConfig, d_in: int, d_out: int | None, meta: dict[str,
             raise ValueError(
                 f"matryoshka_widths is for the 'matryoshka' architecture; got {config.architecture!r}"
             )
-        cfg.extra = {**cfg.extra, "matryoshka_widths": list(config.matryoshka_widths)}
+        cfg.extra = {**cfg.extra, WIDTHS_KEY: list(config.matryoshka_widths)}
     coefficient = sae_class(cfg.architecture).training_coefficient
     if coefficient is not None and getattr(cfg, coefficient) <= 0:
         raise ValueError(f"training a {cfg.architecture!r} SAE needs {coefficient} > 0")
