@@ -67,8 +67,10 @@ def test_latents_are_ranked_by_how_much_they_make_the_model_say_the_concept() ->
     only = latents_by_effect(sae, model, prompts, ["mary"], candidates=[3, 2], norm=20.0, top=5)
     assert [r.latent for r in only] == [3, 2]
     assert only[1].gain == pytest.approx(ranked[-1].gain, abs=1e-4)  # batching does not change a score
-    with pytest.raises(ValueError, match="outside the SAE, which has 4"):
+    with pytest.raises(IndexError, match=r"latents \[4\] are outside this SAE's 4 latents \(0 … 3\)"):
         latents_by_effect(sae, model, prompts, ["mary"], candidates=[4])
+    with pytest.raises(ValueError, match="at least one candidate"):
+        latents_by_effect(sae, model, prompts, ["mary"], candidates=[])
 
 
 def test_several_concepts_are_ranked_from_one_set_of_passes_as_each_would_be_alone() -> None:

@@ -154,7 +154,7 @@ def latents_by_effect_per_concept(
     if not concepts:
         raise ValueError("give at least one concept, e.g. {'sea': ['sea', 'ship*']}")
     ids = [concept_token_ids(model, words) for words in concepts.values()]
-    chosen = list(range(sae.cfg.d_sae)) if candidates is None else check_latents(sae, candidates)
+    chosen = list(range(sae.cfg.d_sae)) if candidates is None else _candidates(sae, candidates)
     batch = model.tokenize(list(prompts))
     base_gain, _ = _concept_log_mass(model, sae.cfg.hook_name, batch, torch.zeros(1, sae.cfg.d_in), ids)
     gains, entropies = [], []
@@ -174,15 +174,10 @@ def latents_by_effect_per_concept(
     return ranked
 
 
-def check_latents(sae: SAE, latents: Sequence[int]) -> list[int]:
-    bad = [i for i in latents if not 0 <= int(i) < sae.cfg.d_sae]
-    if bad:
-        raise ValueError(
-            f"latents {bad[:5]} are outside the SAE, which has {sae.cfg.d_sae} (0–{sae.cfg.d_sae - 1})"
-        )
+def _candidates(sae: SAE, latents: Sequence[int]) -> list[int]:
     if not latents:
         raise ValueError("give at least one candidate latent")
-    return [int(i) for i in latents]
+    return sae.check_latents(latents)
 
 
 def _concept_log_mass(

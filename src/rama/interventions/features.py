@@ -28,18 +28,9 @@ def check_sae_site(model: HookedModel, sae: SAE, site: str | None) -> str:
     return chosen
 
 
-def check_features(sae: SAE, features: Sequence[int]) -> list[int]:
-    bad = [f for f in features if not 0 <= f < sae.cfg.d_sae]
-    if bad:
-        raise IndexError(
-            f"features {bad} are outside this SAE's {sae.cfg.d_sae} latents (0 … {sae.cfg.d_sae - 1})"
-        )
-    return list(features)
-
-
 def feature_direction(sae: SAE, feature: int) -> torch.Tensor:
     """The decoder row of `feature`: what one unit of its activation adds, `[d_in]`."""
-    check_features(sae, [feature])
+    sae.check_latents([feature])
     return sae.W_dec[feature].detach().clone()
 
 
@@ -54,7 +45,7 @@ def set_features(
     """Set the activations of `features` to `values` (a clamp; 0 ablates), keeping the SAE error:
     `x' = x − decode(encode(x)) + decode(codes with the features set)`."""
     name = check_sae_site(model, sae, site)
-    chosen = check_features(sae, features)
+    chosen = sae.check_latents(features)
     targets = [values] * len(chosen) if isinstance(values, float | int) else list(values)
     if len(targets) != len(chosen):
         raise ValueError(f"got {len(targets)} values for {len(chosen)} features")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -126,6 +127,14 @@ class SAE(nn.Module):
     @property
     def subtracts_b_dec(self) -> bool:
         return self.cfg.apply_b_dec_to_input and not self.cfg.is_transcoder
+
+    def check_latents(self, latents: Sequence[int]) -> list[int]:
+        """The ids as ints, or an IndexError naming the ones this SAE does not have and its range."""
+        width = self.cfg.d_sae
+        bad = [int(i) for i in latents if not 0 <= int(i) < width]
+        if bad:
+            raise IndexError(f"latents {bad[:5]} are outside this SAE's {width} latents (0 … {width - 1})")
+        return [int(i) for i in latents]
 
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
         """`[..., d_in]` -> `[..., d_sae]`."""
