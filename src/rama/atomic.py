@@ -31,10 +31,11 @@ def staged_folder(out: str | os.PathLike[str], overwrite: bool = False) -> Itera
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write UTF-8 text through a staging file beside `path`, then rename it into place."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     handle, staging = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    with os.fdopen(handle, "w") as file:
+    with os.fdopen(handle, "w", encoding="utf-8") as file:
         file.write(text)
     os.replace(staging, out)
     return out

@@ -16,13 +16,14 @@ from typing import Any
 
 import torch
 
+from rama.atomic import write_text
 from rama.hooks.model import HookedModel
 from rama.sae.base import SAE
 from rama.sae.disk import DiskActivations, cache_activations
 from rama.sae.evaluate import evaluate
 from rama.sae.harvest import HarvestConfig, harvest
 from rama.sae.stream import StreamingBatches
-from rama.sae.training import BatchSource, TrainConfig, atomic_write_bytes, fit
+from rama.sae.training import BatchSource, TrainConfig, fit
 
 
 class OutputExistsError(FileExistsError):
@@ -186,8 +187,8 @@ def _train_one(
         "train_seconds": train_seconds,
     }
     sae.save(out, sparsity=density)
-    atomic_write_bytes(out / "metrics.json", json.dumps(metrics, indent=2).encode())
-    atomic_write_bytes(out / "train_config.json", json.dumps(asdict(config), indent=2).encode())
+    write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    write_text(out / "train_config.json", json.dumps(asdict(config), indent=2))
     finished = out / "checkpoint"
     if (finished / "metrics.jsonl").exists():
         os.replace(finished / "metrics.jsonl", out / "metrics.jsonl")

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import torch
 from tqdm import tqdm
 
+from rama.atomic import write_text
 from rama.sae.base import SAE, SAEConfig, TrainState, sae_class
 from rama.sae.matryoshka import WIDTHS_KEY
 
@@ -315,15 +316,7 @@ def trim_metrics(path: Path, step: int) -> None:
     if not path.exists():
         return
     kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
-    atomic_write_bytes(path, ("\n".join(kept) + "\n" if kept else "").encode())
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(handle, "wb") as stream:
-        stream.write(data)
-    os.replace(temporary, path)
+    write_text(path, "\n".join(kept) + "\n" if kept else "")
 
 
 def save_checkpoint(run: Run, path: Path) -> None:
