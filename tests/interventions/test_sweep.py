@@ -3,11 +3,14 @@ the ranking of steering candidates by their measured outcome."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 import rama
 from rama.interventions import add_vector
-from rama.interventions.sweep import keyword_scorer, rank_by_steering
+from rama.interventions.sweep import SweepPoint, SweepResult, keyword_scorer, rank_by_steering
 from rama.toys import pretrained
 
 
@@ -37,6 +40,34 @@ def test_phrases_match_with_their_spaces() -> None:
 def test_empty_or_misplaced_star_is_refused(words: list[str]) -> None:
     with pytest.raises(ValueError, match="keyword"):
         keyword_scorer(words)
+
+
+def test_best_is_the_highest_rate_under_twice_the_unsteered_perplexity_ties_to_the_more_fluent(
+    tmp_path: Path,
+) -> None:
+    points = [
+        SweepPoint(0.0, 0.0, 3.0),
+        SweepPoint(10.0, 0.5, 5.5),
+        SweepPoint(20.0, 0.5, 4.0),  # the same rate as 10, more fluent
+        SweepPoint(30.0, 0.9, 6.0),  # exactly 2 × 3.0: not under the limit
+        SweepPoint(40.0, 1.0, 9.0),
+    ]
+    result = SweepResult(points, "keywords: sea", "blocks.0.hook_resid_post")
+    assert result.baseline().strength == 0.0
+    best = result.best(2.0)
+    assert best is not None and best.strength == 20.0
+    assert result.best(3.5) is points[4]  # 9.0 < 10.5
+    assert result.best(1.0) is None  # strictly under the limit: not even the baseline is
+    result.save(tmp_path / "sweep.json")
+    saved = json.loads((tmp_path / "sweep.json").read_text())
+    assert saved["scorer"] == "keywords: sea" and [p["strength"] for p in saved["points"]] == [
+        0,
+        10,
+        20,
+        30,
+        40,
+    ]
+    assert [f.name for f in tmp_path.iterdir()] == ["sweep.json"]  # no staging file left
 
 
 def test_rank_by_steering_orders_by_concept_rate_under_the_perplexity_limit() -> None:

@@ -14,7 +14,7 @@ from typing import TypeVar
 import torch
 from tqdm import tqdm
 
-from rama.atomic import pyplot, save_figure
+from rama.atomic import pyplot, save_figure, write_text
 from rama.features.search import split_keywords
 from rama.hooks.model import HookedModel
 from rama.interventions.steering import Hook
@@ -103,20 +103,17 @@ class SweepResult:
 
     def best(self, max_perplexity_ratio: float = 2.0) -> SweepPoint | None:
         """The highest concept rate among strengths whose perplexity stays under the ratio."""
-        limit = self.baseline().perplexity * max_perplexity_ratio
-        fluent = [p for p in self.points if p.perplexity < limit]
-        return max(fluent, key=lambda p: p.concept_rate) if fluent else None
+        return best_fluent(self.points, self.baseline().perplexity * max_perplexity_ratio)
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        out = Path(path)
-        staging = out.with_name(f".{out.name}.tmp")
-        staging.write_text(
-            json.dumps(
-                {"scorer": self.scorer, "site": self.site, "points": [asdict(p) for p in self.points]},
-                indent=1,
-            )
-        )
-        os.replace(staging, out)
+        record = {"scorer": self.scorer, "site": self.site, "points": [asdict(p) for p in self.points]}
+        write_text(path, json.dumps(record, indent=1))
+
+
+def best_fluent(points: Sequence[SweepPoint], perplexity_limit: float) -> SweepPoint | None:
+    """The highest concept rate among points under the perplexity limit (ties: the lower perplexity)."""
+    fluent = [p for p in points if p.perplexity < perplexity_limit]
+    return max(fluent, key=lambda p: (p.concept_rate, -p.perplexity)) if fluent else None
 
 
 def strength_sweep(
@@ -177,8 +174,7 @@ def rank_by_steering(
         points = strength_sweep(
             model, hooks_at, prompts, steered, scorer, max_new_tokens=max_new_tokens
         ).points
-        fluent = [p for p in points if p.perplexity < limit]
-        found.append((key, max(fluent, key=lambda p: (p.concept_rate, -p.perplexity)) if fluent else None))
+        found.append((key, best_fluent(points, limit)))
     return sorted(
         found,
         key=lambda item: (-1.0, 0.0) if item[1] is None else (item[1].concept_rate, -item[1].perplexity),
