@@ -48,6 +48,8 @@ those whose chosen latent reaches 0.8 on the selection prompts get the evaluatio
     rama sae train --site blocks.6.hook_resid_post --width 4608 --k 32 --tokens 1500000 --out sae-l6
     python examples/steering.py sae-l6 --out docs/steering-l6 --search-all --effect-norm 38 \
         --selection-norms 30,40,50,60 --norms 0,15,20,25,30,35,40,45,50,60,75 --min-selection-rate 0.8
+    rama sae train --site blocks.9.hook_resid_post --width 4608 --k 32 --tokens 3000000 --out sae-l9-3m
+    python examples/steering.py sae-l9-3m --out docs/steering-l9-3m --search-all --min-selection-rate 0.8
 
 A run of some concepts rewrites their entries in OUT/steering.json and keeps the others' (each entry names
 the SAE and protocol it used; each sweep point carries its strength).
