@@ -60,13 +60,8 @@ def test_best_is_the_highest_rate_under_twice_the_unsteered_perplexity_ties_to_t
     assert result.best(1.0) is None  # strictly under the limit: not even the baseline is
     result.save(tmp_path / "sweep.json")
     saved = json.loads((tmp_path / "sweep.json").read_text())
-    assert saved["scorer"] == "keywords: sea" and [p["strength"] for p in saved["points"]] == [
-        0,
-        10,
-        20,
-        30,
-        40,
-    ]
+    assert saved["scorer"] == "keywords: sea"
+    assert [p["strength"] for p in saved["points"]] == [0, 10, 20, 30, 40]
     assert [f.name for f in tmp_path.iterdir()] == ["sweep.json"]  # no staging file left
 
 
