@@ -110,10 +110,15 @@ class SweepResult:
         write_text(path, json.dumps(record, indent=1))
 
 
+def rate_then_fluency(point: SweepPoint) -> tuple[float, float]:
+    """The order of steering outcomes: a higher concept rate, then a lower perplexity."""
+    return point.concept_rate, -point.perplexity
+
+
 def best_fluent(points: Sequence[SweepPoint], perplexity_limit: float) -> SweepPoint | None:
     """The highest concept rate among points under the perplexity limit (ties: the lower perplexity)."""
     fluent = [p for p in points if p.perplexity < perplexity_limit]
-    return max(fluent, key=lambda p: (p.concept_rate, -p.perplexity)) if fluent else None
+    return max(fluent, key=rate_then_fluency) if fluent else None
 
 
 def strength_sweep(
@@ -177,7 +182,7 @@ def rank_by_steering(
         found.append((key, best_fluent(points, limit)))
     return sorted(
         found,
-        key=lambda item: (-1.0, 0.0) if item[1] is None else (item[1].concept_rate, -item[1].perplexity),
+        key=lambda item: (-1.0, 0.0) if item[1] is None else rate_then_fluency(item[1]),
         reverse=True,
     )
 
