@@ -132,3 +132,10 @@ def test_fewer_harvested_tokens_train_in_epochs_even_with_the_default_stream(
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["tokens"] == 8192 and 1900 < metrics["harvested_tokens"] <= 2048  # four epochs
+
+
+def test_train_refuses_a_missing_device_before_loading_anything(tmp_path: Path) -> None:
+    for device, expected in [("tpu", "got 'tpu'"), ("cuda:7", "'cuda:7' is not available")]:
+        result = rama_in_process("sae", "train", "--device", device, "--out", str(tmp_path / "s"))
+        assert result.returncode != 0 and "--device" in result.stderr and expected in result.stderr
+        assert not (tmp_path / "s").exists()

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from rama.sae import fit
-from rama.sae.training import geometric_median, lr_factor, mean_square_scale
+from rama.sae.training import check_device, geometric_median, lr_factor, mean_square_scale
 from rama.toys import FeatureSuite
 
 SCRIPT = """
@@ -180,3 +180,35 @@ def test_the_coefficient_multiplier_survives_a_checkpoint(tmp_path: Path) -> Non
     resumed = init_run(config, data, {})
     load_checkpoint(resumed, tmp_path / "checkpoint.pt")
     assert resumed.state.coefficient_multiplier == 7.25
+
+
+def test_a_device_that_is_not_there_is_refused_by_name() -> None:
+    x, _ = FeatureSuite().sample(2048, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"'cpu', 'cuda' or 'cuda:N'; got 'tpu'"):
+        fit(x, d_sae=64, k=4, batch_size=512, total_tokens=2048, progress=False, device="tpu")
+    with pytest.raises(ValueError, match=r"'cuda:99' is not available: this machine has \d+ CUDA device"):
+        fit(x, d_sae=64, k=4, batch_size=512, total_tokens=2048, progress=False, device="cuda:99")
+    assert check_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the device machine)")
+@pytest.mark.parametrize("architecture", ["topk", "batchtopk", "matryoshka", "jumprelu"])
+def test_training_on_cuda_matches_the_cpu_run(architecture: str) -> None:
+    """Same seed, same batches: a few GPU steps land where the CPU's do, and a longer run reaches the
+    same reconstruction (top-k choices may flip on float rounding, so weights drift apart slowly)."""
+    x, _ = FeatureSuite().sample(16_384, torch.Generator().manual_seed(1))
+    options = dict(architecture=architecture, d_sae=256, k=5, batch_size=1024)
+    if architecture == "jumprelu":
+        options |= dict(k=None, l0_coefficient=1e-3)
+    short = dict(options, total_tokens=4 * 1024, progress=False, seed=5)
+    cpu, gpu = fit(x, **short), fit(x.cuda(), device="cuda", **short)  # type: ignore[arg-type]
+    assert gpu.W_dec.device.type == "cuda"
+    for name, value in cpu.state_dict().items():  # Adam turns rounding in ~0 gradients into ±lr steps
+        far = (gpu.state_dict()[name].cpu() - value).abs() > 1e-4 * (1 + value.abs())
+        assert far.float().mean() < 0.01, f"{name}: {int(far.sum())} of {far.numel()} entries differ"
+    long = dict(options, total_tokens=60_000, progress=False, seed=5)
+    cpu, gpu = fit(x, **long), fit(x.cuda(), device="cuda", **long)  # type: ignore[arg-type]
+    with torch.no_grad():
+        fvu_cpu = (cpu(x) - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+        fvu_gpu = ((gpu(x.cuda()) - x.cuda()).pow(2).sum() / (x - x.mean(0)).pow(2).sum().cuda()).cpu()
+    assert abs(float(fvu_cpu) - float(fvu_gpu)) < 0.01 * float(fvu_cpu) + 1e-3

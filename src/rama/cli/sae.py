@@ -48,6 +48,7 @@ class SAETrainOptions:
         "folder of harvested activations: filled on the first run (sharded safetensors, resumable), "
         "reused by later runs with the same model, corpus, seed and --harvest-tokens",
     )
+    device: str = option("cpu", "where the model runs and the SAE trains: cpu, cuda or cuda:N")
     out: str = option("rama-sae", "output folder (must not hold a finished run; a killed run resumes)")
 
 
@@ -102,6 +103,7 @@ def parse_matryoshka_widths(options: SAETrainOptions) -> list[int] | None:
 def run_train(options: SAETrainOptions) -> int:
     from rama import load
     from rama.sae import HarvestConfig, TrainConfig, train
+    from rama.sae.training import check_device
 
     config = TrainConfig(
         architecture=options.arch,
@@ -116,8 +118,13 @@ def run_train(options: SAETrainOptions) -> int:
         batch_size=options.batch_size,
         lr=options.lr,
         seed=options.seed,
+        device=options.device,
     )
-    model = load(options.model)
+    try:  # before minutes of loading and harvesting
+        check_device(options.device)
+    except ValueError as error:
+        raise ValueError(f"--device: {error}") from None
+    model = load(options.model, device=options.device)
     epochs = options.harvest_tokens is not None and options.harvest_tokens < options.tokens
     if epochs and options.stream and options.activation_cache is None:
         print(

@@ -95,7 +95,7 @@ def harvest(
     for tokens, acts in batches_with_activations(model, sites, config, corpus):
         keep = keep_mask(tokens, model.tokenizer, config.exclude_special_tokens)
         for site, value in acts.items():
-            chunks[site].append(value[keep].to(dtype))
+            chunks[site].append(value[keep.to(value.device)].to(dtype))  # stays on the model's device
         bar.update(1)
     bar.close()
     if not chunks[sites[0]]:

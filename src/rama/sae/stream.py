@@ -30,7 +30,7 @@ def produce(
     """`{site: [n_kept_tokens, d]}` per model batch, special-token positions removed."""
     for tokens, acts in batches_with_activations(model, sites, config, corpus):
         keep = keep_mask(tokens, model.tokenizer, config.exclude_special_tokens)
-        yield {site: value[keep].float() for site, value in acts.items()}
+        yield {site: value[keep.to(value.device)].float() for site, value in acts.items()}
 
 
 class Prefetcher:

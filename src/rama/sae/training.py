@@ -48,6 +48,7 @@ class TrainConfig:
     skip_connection: bool = False
     matryoshka_widths: list[int] | None = None  # matryoshka: nested prefix widths (None: the default)
     seed: int = 0
+    device: str = "cpu"  # where the SAE trains ("cuda", "cuda:1", ...); batches move there step by step
     checkpoint_dir: str | None = None
     checkpoint_every: int = 100  # steps
     log_every: int = 10
@@ -116,9 +117,9 @@ class TensorBatches:
             if epoch != order_epoch:  # one permutation per epoch (of 6 M rows it takes ~0.2 s)
                 generator = torch.Generator().manual_seed(self.seed + epoch)
                 order_epoch, order = epoch, torch.randperm(self.inputs.shape[0], generator=generator)
-            rows = order[offset * self.batch_size : (offset + 1) * self.batch_size]
+            rows = order[offset * self.batch_size : (offset + 1) * self.batch_size].to(self.inputs.device)
             x = self.inputs[rows].float()
-            yield x, (x if self.targets is None else self.targets[rows].float())
+            yield x, (x if self.targets is None else self.targets[rows.to(self.targets.device)].float())
             step += 1
 
 
@@ -163,13 +164,31 @@ class Run:
     scale_out: float
 
 
+def check_device(name: str) -> torch.device:
+    """The training device, or a clear error before any activation is harvested or moved."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N'; got {name!r} ({error})") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0 or (device.index is not None and device.index >= count):
+            raise ValueError(
+                f"device {name!r} is not available: this machine has {count} CUDA device(s); use 'cpu'"
+            )
+    elif device.type != "cpu":
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N'; got {name!r}")
+    return device
+
+
 def init_run(config: TrainConfig, data: BatchSource, meta: dict[str, Any]) -> Run:
-    sample_x = data.inputs[: min(len(data.inputs), 65536)].float()
-    sample_y = sample_x if data.targets is None else data.targets[: len(sample_x)].float()
+    device = check_device(config.device)
+    sample_x = data.inputs[: min(len(data.inputs), 65536)].to(device).float()
+    sample_y = sample_x if data.targets is None else data.targets[: len(sample_x)].to(device).float()
     scale_in = mean_square_scale(sample_x) if config.normalize else 1.0
     scale_out = mean_square_scale(sample_y) if config.normalize and data.targets is not None else scale_in
     d_out = None if data.targets is None else data.targets.shape[1]
-    sae = build_sae(config, data.inputs.shape[1], d_out, meta)
+    sae = build_sae(config, data.inputs.shape[1], d_out, meta).to(device)  # initialised on the CPU
     init_decoder_bias(sae, sample_y[:8192] * scale_out, config.b_dec_init)
     groups = [{"params": params, "lr_scale": scale} for params, scale in sae.optimizer_groups()]
     optimizer = torch.optim.Adam(groups, lr=config.learning_rate(), betas=(0.9, 0.999))
@@ -177,7 +196,7 @@ def init_run(config: TrainConfig, data: BatchSource, meta: dict[str, Any]) -> Ru
     state = TrainState(
         0,
         config.total_steps(),
-        torch.zeros(config.d_sae, dtype=torch.long),
+        torch.zeros(config.d_sae, dtype=torch.long, device=device),
         dead_after,
         config.sparsity_warmup_fraction,
         target_l0=config.target_l0,
@@ -203,6 +222,8 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, config: TrainConfig) 
             * config.learning_rate()
             * lr_factor(state.step, state.total_steps, config.lr_warmup_fraction, config.lr_decay_fraction)
         )
+    device = sae.W_enc.device
+    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
     out = sae.loss(x * run.scale_in, y * run.scale_out, state)
     run.optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
@@ -340,7 +361,7 @@ def save_checkpoint(run: Run, path: Path) -> None:
 
 
 def load_checkpoint(run: Run, path: Path) -> None:
-    saved = torch.load(path, weights_only=True)
+    saved = torch.load(path, map_location=run.sae.W_enc.device, weights_only=True)
     run.sae.load_state_dict(saved["sae"])
     run.optimizer.load_state_dict(saved["optimizer"])
     run.state.step = int(saved["step"])
@@ -354,7 +375,7 @@ def finish(run: Run, sample: torch.Tensor) -> SAE:
     """Calibrate on a sample of inputs `[n, d_in]`, record the sparsity coefficient training ended
     at, and fold the training scales into the weights so the SAE reads and writes raw activations."""
     sae = run.sae
-    sae.calibrate(sample * run.scale_in)
+    sae.calibrate(sample.to(sae.W_enc.device) * run.scale_in)
     coefficient = sae.training_coefficient
     if coefficient is not None:
         final = getattr(sae.cfg, coefficient) * run.state.coefficient_multiplier
