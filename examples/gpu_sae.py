@@ -8,7 +8,8 @@ of the built-in corpus at the asked sites and trains one SAE per site for many e
 all 30 layers), writing metrics.json as `rama sae train` does.
 
     python examples/gpu_sae.py pack --blocks 10 --out .device
-    # there: python3 examples/gpu_sae.py train --packed .device --sites 6,9 --tokens 100000000 --out $OUT
+    # there (run 2026-11-27 on an H200: harvest 30 s, 100 M tokens in 116 s; the budget did not bind):
+    #   python3 examples/gpu_sae.py train --packed .device --sites 9 --tokens 100000000 --budget-s 160 --out $OUT
     python examples/gpu_sae.py unpack DEVICE_OUT --out /tmp/sae
 """
 
