@@ -55,6 +55,8 @@ those whose chosen latent reaches 0.8 on the selection prompts get the evaluatio
     python examples/steering.py sae-l9-100m --out docs/steering-l9-100m --search-all --min-selection-rate 0.8
     python examples/steering.py sae-l9-100m --out docs/steering-l9-100m-wide --search-all --shortlist 24 \
         --concepts sea --min-selection-rate 0.8
+    python examples/steering.py sae-l9-100m --out docs/steering-l9-100m-high --search-all --concepts sea,music \
+        --selection-norms 40,50,60,70,80 --min-selection-rate 0.8
 
 A run of some concepts rewrites their entries in OUT/steering.json and keeps the others' (each entry names
 the SAE and protocol it used; each sweep point carries its strength).
