@@ -7,7 +7,7 @@ of the built-in corpus at the asked sites and trains one SAE per site for many e
 `unpack` (here) reassembles the SAEs and evaluates each on the full model (CE loss recovered needs
 all 30 layers), writing metrics.json as `rama sae train` does.
 
-    python examples/gpu_sae.py pack --blocks 10 --out .device
+    python examples/gpu_sae.py pack --blocks 10 --out .device    # --part-mib 30: pieces for two uploads
     # there (run 2026-11-27 on an H200: harvest 30 s, 100 M tokens in 116 s; the budget did not bind):
     #   python3 examples/gpu_sae.py train --packed .device --sites 9 --tokens 100000000 --budget-s 160 --out $OUT
     python examples/gpu_sae.py unpack DEVICE_OUT --out /tmp/sae
@@ -77,12 +77,19 @@ def check_truncated(gguf_file: Path, full_model_dir: Path) -> int:
     return len(small)
 
 
-def pack(blocks: int, out: Path) -> None:
-
+def pack(blocks: int, out: Path, part_mib: float) -> None:
+    """Writes `model.gguf.xz.NNN` pieces of at most `part_mib` each: more blocks than one upload holds
+    travel in two calls (the first copies its pieces to a folder that the second names in `--packed`)."""
     spec = BUILTIN_MODELS["smollm2-135m"]
     out.mkdir(parents=True, exist_ok=True)
-    truncate_gguf(locate_package_member(spec), out / "model.gguf", blocks)
-    checked = check_truncated(out / "model.gguf", ensure_builtin(spec))
+    gguf_file = out / "model.gguf"
+    truncate_gguf(locate_package_member(spec), gguf_file, blocks)
+    checked = check_truncated(gguf_file, ensure_builtin(spec))
+    weights = lzma.compress(gguf_file.read_bytes(), preset=6)  # quantized weights: only ~9% smaller
+    gguf_file.unlink()
+    size = int(part_mib * 2**20)
+    for index in range(math.ceil(len(weights) / size)):
+        (out / f"model.gguf.xz.{index:03d}").write_bytes(weights[index * size : (index + 1) * size])
     with (
         open(builtin_corpus(), "rb") as text,
         lzma.open(out / "documents.jsonl.xz", "wb", preset=6) as packed,
@@ -93,10 +100,13 @@ def pack(blocks: int, out: Path) -> None:
 
 
 def train(args: argparse.Namespace) -> None:
-    packed, out, device = args.packed, args.out, args.device
+    folders, out, device = [Path(f) for f in args.packed.split(",")], args.out, args.device
     sites = [int(s) for s in args.sites.split(",")]
     work = Path(tempfile.mkdtemp())
-    convert_gguf(packed / "model.gguf", work / "model")
+    pieces = sorted((p for f in folders for p in f.glob("model.gguf.xz.*")), key=lambda p: p.name)
+    (work / "model.gguf").write_bytes(lzma.decompress(b"".join(p.read_bytes() for p in pieces)))
+    convert_gguf(work / "model.gguf", work / "model")
+    packed = next(f for f in folders if (f / "documents.jsonl.xz").exists())
     with (
         lzma.open(packed / "documents.jsonl.xz", "rb") as source,
         open(work / "documents.jsonl", "wb") as dest,
@@ -181,7 +191,10 @@ def main() -> None:
     parser.add_argument("command", choices=["pack", "train", "unpack"])
     parser.add_argument("returned", nargs="?", type=Path, help="unpack: the folder the machine sent back")
     parser.add_argument("--blocks", type=int, default=10, help="pack: blocks to keep (layer L needs L+1)")
-    parser.add_argument("--packed", type=Path, default=Path(".device"), help="train: what pack wrote")
+    parser.add_argument("--part-mib", type=float, default=60.0, help="pack: largest piece of the GGUF")
+    parser.add_argument(
+        "--packed", default=".device", help="train: what pack wrote (comma-separated folders)"
+    )
     parser.add_argument("--sites", default="9", help="train: comma-separated layers (resid_post)")
     parser.add_argument("--tokens", type=int, default=100_000_000, help="train: tokens per SAE (epochs)")
     parser.add_argument("--width", type=int, default=4608)
@@ -192,7 +205,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     if args.command == "pack":
-        pack(args.blocks, args.out)
+        pack(args.blocks, args.out, args.part_mib)
     elif args.command == "train":
         train(args)
     else:
