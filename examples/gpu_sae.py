@@ -104,11 +104,15 @@ def train(args: argparse.Namespace) -> None:
     sites = [int(s) for s in args.sites.split(",")]
     work = Path(tempfile.mkdtemp())
     pieces = sorted((p for f in folders for p in f.glob("model.gguf.xz.*")), key=lambda p: p.name)
+    corpora = [f for f in folders if (f / "documents.jsonl.xz").exists()]
+    if not pieces or not corpora:
+        raise SystemExit(
+            f"--packed {args.packed}: no model.gguf.xz.NNN pieces or no documents.jsonl.xz; run pack"
+        )
     (work / "model.gguf").write_bytes(lzma.decompress(b"".join(p.read_bytes() for p in pieces)))
     convert_gguf(work / "model.gguf", work / "model")
-    packed = next(f for f in folders if (f / "documents.jsonl.xz").exists())
     with (
-        lzma.open(packed / "documents.jsonl.xz", "rb") as source,
+        lzma.open(corpora[0] / "documents.jsonl.xz", "rb") as source,
         open(work / "documents.jsonl", "wb") as dest,
     ):
         shutil.copyfileobj(source, dest)
@@ -143,7 +147,6 @@ def train(args: argparse.Namespace) -> None:
 
 def probe_speed(acts: torch.Tensor, config: TrainConfig) -> float:
     """Training steps per second on this machine, from a throwaway 300-step run."""
-
     probe = replace(config, total_tokens=300 * config.batch_size, progress=False)
     fit(acts, config=replace(probe, total_tokens=20 * config.batch_size))  # warm-up
     sync = torch.cuda.synchronize if config.device.startswith("cuda") else (lambda: None)
@@ -165,7 +168,6 @@ def split_tar(folder: Path, prefix: Path) -> None:
 
 
 def unpack(returned: Path, out: Path) -> None:
-
     model = rama.load("smollm2-135m")
     for first in sorted(returned.glob("*.tar.0")):
         name = first.name.removesuffix(".tar.0")
