@@ -81,6 +81,7 @@ def test_bad_steering_commands_are_clear(tmp_path: Path) -> None:
         helped.returncode == 0
         and "example: rama steer" in helped.stdout
         and "steer sweep --help" in helped.stdout
+        and all(option in helped.stdout for option in ("--sae", "--feature", "--contrast", "--strength"))
     )
     sweep_help = rama_cli("steer", "sweep", "--help")
     assert sweep_help.returncode == 0 and "--keywords" in sweep_help.stdout

@@ -29,8 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     words = list(sys.argv[1:] if argv is None else argv)
-    if words[:1] == ["steer"] and words[1:2] not in (["-h"], ["--help"]):
-        # argparse cannot hand a subcommand's leading options on whole; steer parses its own
+    if words[:1] == ["steer"]:
+        # argparse cannot hand a subcommand's leading options on whole; steer parses its own (--help too)
         handler = lambda _: steer.dispatch(words[1:])  # noqa: E731
         args = argparse.Namespace(handler=handler)
     else:

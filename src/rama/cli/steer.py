@@ -66,7 +66,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _parser(name: str, options: type, epilog: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"rama {name}", epilog=epilog)
+    parser = argparse.ArgumentParser(
+        prog=f"rama {name}", epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_options(parser, options)
     return parser
 
@@ -83,7 +85,8 @@ def dispatch(argv: list[str]) -> int:
         return run_export(
             from_args(ExportOptions, _parser("steer export", ExportOptions, epilog).parse_args(argv[1:]))
         )
-    return run(from_args(RunOptions, _parser("steer", RunOptions, EXAMPLE).parse_args(argv)))
+    epilog = EXAMPLE + "\nmore: rama steer sweep --help   |   rama steer export --help"
+    return run(from_args(RunOptions, _parser("steer", RunOptions, epilog).parse_args(argv)))
 
 
 def _prepare(options: SteerOptions) -> tuple[object, str, object]:
