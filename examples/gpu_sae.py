@@ -31,10 +31,10 @@ from typing import Any
 import torch
 
 import rama
-from rama.atomic import write_text
 from rama.data.corpus import builtin_corpus
 from rama.models.loading import BUILTIN_MODELS, convert_gguf, ensure_builtin, locate_package_member
-from rama.sae import SAE, HarvestConfig, TrainConfig, evaluate, fit, harvest
+from rama.sae import SAE, HarvestConfig, TrainConfig, fit, harvest
+from rama.sae.runner import sae_metadata, save_evaluated
 
 PART_BYTES = 15 * 2**20  # files come back from the machine in pieces of at most 16 MiB
 
@@ -132,8 +132,7 @@ def train(args: argparse.Namespace) -> None:
         steps_per_s = probe_speed(acts[name], config)
         affordable = int(steps_per_s * args.budget_s / len(names)) * config.batch_size
         config.total_tokens = min(args.tokens, affordable)
-        meta = {"model_name": "smollm2-135m", "hook_name": name, "hook_name_out": "", "context_size": 128,
-                "prepend_bos": True, "exclude_special_tokens": True}  # fmt: skip
+        meta = sae_metadata("smollm2-135m", name, None, harvest_config)
         start = time.perf_counter()
         sae = fit(acts[name], config=config, metadata=meta)
         record = {"site": name, "tokens": config.total_steps() * config.batch_size,
@@ -175,14 +174,10 @@ def unpack(returned: Path, out: Path) -> None:
         folder = out / name
         with tarfile.open(fileobj=io.BytesIO(b"".join(p.read_bytes() for p in parts))) as archive:
             archive.extractall(folder, filter="data")
-        sae = SAE.load(folder)
-        config = HarvestConfig(tokens=16_384, split="test", progress=False)
-        metrics = evaluate(sae, model, config=config)
-        density = metrics.pop("log10_density")
         device = json.loads((folder / "device.json").read_text())
-        metrics |= {k: device[k] for k in ("tokens", "harvested_tokens", "harvest_seconds", "train_seconds")}
-        sae.save(folder, sparsity=density)
-        write_text(folder / "metrics.json", json.dumps(metrics, indent=2))
+        recorded = {k: device[k] for k in ("tokens", "harvested_tokens", "harvest_seconds", "train_seconds")}
+        config = HarvestConfig(tokens=16_384, split="test", progress=False)
+        metrics = save_evaluated(SAE.load(folder), model, folder, config, None, recorded)
         print(name, {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
 
 

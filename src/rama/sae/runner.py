@@ -148,6 +148,37 @@ def train_many(
     return results
 
 
+def sae_metadata(
+    model_name: str, site: str, site_out: str | None, harvest_config: HarvestConfig
+) -> dict[str, Any]:
+    """What `cfg.json` records about where the SAE's activations came from (SAELens's metadata keys)."""
+    return {
+        "model_name": model_name,
+        "hook_name": site,
+        "hook_name_out": site_out or "",
+        "context_size": harvest_config.context_size,
+        "prepend_bos": True,
+        "exclude_special_tokens": harvest_config.exclude_special_tokens,
+    }
+
+
+def save_evaluated(
+    sae: SAE,
+    model: HookedModel,
+    out: Path,
+    eval_config: HarvestConfig,
+    corpus: str | Path | None,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """Evaluate on held-out text, then save the SAE (with its measured density) and metrics.json."""
+    metrics = evaluate(sae, model, corpus=corpus, config=eval_config)
+    density = metrics.pop("log10_density")
+    metrics |= extra
+    sae.save(out, sparsity=density)
+    write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    return metrics
+
+
 def _train_one(
     model: HookedModel,
     inputs: torch.Tensor | BatchSource,
@@ -163,22 +194,13 @@ def _train_one(
     harvested_tokens: int | None = None,
 ) -> tuple[SAE, dict[str, Any]]:
     config = replace(config, checkpoint_dir=str(out / "checkpoint"))
-    meta = {
-        "model_name": model.cfg.name,
-        "hook_name": site,
-        "hook_name_out": site_out or "",
-        "context_size": harvest_config.context_size,
-        "prepend_bos": True,
-        "exclude_special_tokens": harvest_config.exclude_special_tokens,
-    }
+    meta = sae_metadata(model.cfg.name, site, site_out, harvest_config)
     start = time.perf_counter()
     sae = fit(inputs, targets, config=config, metadata=meta)
     train_seconds = time.perf_counter() - start
-    eval_config = replace(harvest_config, tokens=eval_tokens, split="test", progress=False)
-    metrics = evaluate(sae, model, corpus=corpus, config=eval_config)
-    density = metrics.pop("log10_density")
     trained_tokens = config.total_steps() * config.batch_size
-    metrics |= {
+    eval_config = replace(harvest_config, tokens=eval_tokens, split="test", progress=False)
+    timing = {
         "tokens": trained_tokens,
         "harvested_tokens": harvested_tokens
         or int(inputs.shape[0] if isinstance(inputs, torch.Tensor) else trained_tokens),
@@ -186,8 +208,7 @@ def _train_one(
         "harvest_seconds": harvest_seconds,
         "train_seconds": train_seconds,
     }
-    sae.save(out, sparsity=density)
-    write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    metrics = save_evaluated(sae, model, out, eval_config, corpus, timing)
     write_text(out / "train_config.json", json.dumps(asdict(config), indent=2))
     finished = out / "checkpoint"
     if (finished / "metrics.jsonl").exists():

@@ -167,17 +167,16 @@ class Run:
 def check_device(name: str) -> torch.device:
     """The training device, or a clear error before any activation is harvested or moved."""
     try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N'; got {name!r} ({error})") from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count()
-        if count == 0 or (device.index is not None and device.index >= count):
-            raise ValueError(
-                f"device {name!r} is not available: this machine has {count} CUDA device(s); use 'cpu'"
-            )
-    elif device.type != "cpu":
+        device: torch.device | None = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N'; got {name!r}")
+    count = torch.cuda.device_count()
+    if device.type == "cuda" and (count == 0 or (device.index or 0) >= count):
+        raise ValueError(
+            f"device {name!r} is not available: this machine has {count} CUDA device(s); use 'cpu'"
+        )
     return device
 
 
