@@ -50,6 +50,8 @@ those whose chosen latent reaches 0.8 on the selection prompts get the evaluatio
         --selection-norms 30,40,50,60 --norms 0,15,20,25,30,35,40,45,50,60,75 --min-selection-rate 0.8
     rama sae train --site blocks.9.hook_resid_post --width 4608 --k 32 --tokens 3000000 --out sae-l9-3m
     python examples/steering.py sae-l9-3m --out docs/steering-l9-3m --search-all --min-selection-rate 0.8
+    python examples/steering.py sae-l9-3m --out docs/steering-l9-3m-wide --search-all --shortlist 24 \
+        --concepts sea,music --selection-norms 30,40,50,60 --min-selection-rate 0.8
     python examples/gpu_sae.py pack --blocks 10 --out .device          # then train on the GPU machine, and:
     python examples/gpu_sae.py unpack RETURNED --out .                  # (the machine's sae-9 -> sae-l9-100m)
     python examples/steering.py sae-l9-100m --out docs/steering-l9-100m --search-all --min-selection-rate 0.8
