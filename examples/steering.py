@@ -52,6 +52,10 @@ those whose chosen latent reaches 0.8 on the selection prompts get the evaluatio
     python examples/steering.py sae-l9-3m --out docs/steering-l9-3m --search-all --min-selection-rate 0.8
     python examples/steering.py sae-l9-3m --out docs/steering-l9-3m-wide --search-all --shortlist 24 \
         --concepts sea,music --selection-norms 30,40,50,60 --min-selection-rate 0.8
+    rama sae train --site blocks.15.hook_resid_post --width 4608 --k 32 --tokens 3000000 --out sae-l15-3m
+    python examples/steering.py sae-l15-3m --out docs/steering-l15-3m --search-all --shortlist 24 --concepts music,sea \
+        --effect-norm 65 --selection-norms 50,65,80,100 --norms 0,30,40,50,60,70,80,90,100,120 \
+        --min-selection-rate 0.8              # then the other fourteen concepts, with the default --shortlist 5
     python examples/gpu_sae.py pack --blocks 10 --out .device          # then train on the GPU machine, and:
     python examples/gpu_sae.py unpack RETURNED --out .                  # (the machine's sae-9 -> sae-l9-100m)
     python examples/steering.py sae-l9-100m --out docs/steering-l9-100m --search-all --min-selection-rate 0.8
