@@ -88,6 +88,8 @@ def pack(blocks: int, out: Path, part_mib: float) -> None:
     weights = lzma.compress(gguf_file.read_bytes(), preset=6)  # quantized weights: only ~9% smaller
     gguf_file.unlink()
     size = int(part_mib * 2**20)
+    for stale in out.glob("model.gguf.xz.*"):  # an earlier pack's pieces would join this one's in `train`
+        stale.unlink()
     for index in range(math.ceil(len(weights) / size)):
         (out / f"model.gguf.xz.{index:03d}").write_bytes(weights[index * size : (index + 1) * size])
     with (
