@@ -14,54 +14,54 @@ prompts; the keyword lists are fixed in CONCEPTS. `--min-selection-rate 0.8` scr
 those whose chosen latent reaches 0.8 on the selection prompts get the evaluation sweeps.
 
     rama sae train --site blocks.9.hook_resid_post --width 4608 --k 32 --tokens 1500000 --out sae-l9
-    python examples/steering.py sae-l9 [--out docs/steering] [--concepts sea,music]
+    python examples/steering.py sae-l9 [--out docs/steering/results/l9] [--concepts sea,music]
     rama sae train --site blocks.18.hook_resid_post --width 4608 --k 32 --tokens 1000000 --out sae-l18
-    python examples/steering.py sae-l18 --out docs/steering-l18 --concepts religion,sea,space --search-all \
+    python examples/steering.py sae-l18 --out docs/steering/results/l18 --concepts religion,sea,space --search-all \
         --effect-norm 65 --selection-norms 65,80,95,110 --norms 0,40,60,70,80,90,100,110,120,140 \
         --min-selection-rate 0.8
-    python examples/steering.py sae-l12 --out docs/steering-l12 --search-all \
+    python examples/steering.py sae-l12 --out docs/steering/results/l12 --search-all \
         --effect-norm 55 --selection-norms 45,55,65,80 --norms 0,30,40,50,60,70,80,90,100,120 \
         --min-selection-rate 0.8
     rama sae train --site blocks.15.hook_resid_post --width 4608 --k 32 --tokens 1000000 --out sae-l15
-    python examples/steering.py sae-l15 --out docs/steering-l15 --search-all \
+    python examples/steering.py sae-l15 --out docs/steering/results/l15 --search-all \
         --effect-norm 65 --selection-norms 50,65,80,100 --norms 0,30,40,50,60,70,80,90,100,120 \
         --min-selection-rate 0.8
     python examples/generated_corpus.py --out answers.jsonl --tokens 330000
     rama sae train --site blocks.12.hook_resid_post --width 4608 --k 32 --tokens 1000000 \
         --harvest-tokens 290000 --corpus answers.jsonl --out sae-l12-gen
-    python examples/steering.py sae-l12-gen --out docs/steering-l12-gen --search-all --corpus answers.jsonl \
+    python examples/steering.py sae-l12-gen --out docs/steering/results/l12-gen --search-all --corpus answers.jsonl \
         --effect-norm 55 --selection-norms 45,55,65,80 --norms 0,30,40,50,60,70,80,90,100,120 \
         --min-selection-rate 0.8
     rama sae train --site blocks.9.hook_resid_post --width 4608 --k 32 --tokens 1000000 \
         --harvest-tokens 290000 --corpus answers.jsonl --out sae-l9-gen
-    python examples/steering.py sae-l9-gen --out docs/steering-l9-gen --search-all --corpus answers.jsonl \
+    python examples/steering.py sae-l9-gen --out docs/steering/results/l9-gen --search-all --corpus answers.jsonl \
         --concepts space,war --min-selection-rate 0.8
 
-    python examples/steering.py sae-l9 --out docs/steering-l9-wide --search-all --shortlist 24 \
+    python examples/steering.py sae-l9 --out docs/steering/results/l9-wide --search-all --shortlist 24 \
         --concepts space,sea,music,food,war --min-selection-rate 0.8
     rama sae train --site blocks.9.hook_resid_post --arch matryoshka --width 4608 --k 32 --tokens 1500000 \
         --out sae-l9-mat
-    python examples/steering.py sae-l9-mat --out docs/steering-l9-matryoshka --search-all --min-selection-rate 0.8
-    python examples/steering.py sae-l9-mat --out docs/steering-l9-matryoshka-high --search-all \
+    python examples/steering.py sae-l9-mat --out docs/steering/results/l9-matryoshka --search-all --min-selection-rate 0.8
+    python examples/steering.py sae-l9-mat --out docs/steering/results/l9-matryoshka-high --search-all \
         --concepts religion,computers,music,space,war,food --selection-norms 50,60,70,80,90 \
         --norms 0,20,30,40,50,60,70,80,90,100,120 --min-selection-rate 0.8
     rama sae train --site blocks.6.hook_resid_post --width 4608 --k 32 --tokens 1500000 --out sae-l6
-    python examples/steering.py sae-l6 --out docs/steering-l6 --search-all --effect-norm 38 \
+    python examples/steering.py sae-l6 --out docs/steering/results/l6 --search-all --effect-norm 38 \
         --selection-norms 30,40,50,60 --norms 0,15,20,25,30,35,40,45,50,60,75 --min-selection-rate 0.8
     rama sae train --site blocks.9.hook_resid_post --width 4608 --k 32 --tokens 3000000 --out sae-l9-3m
-    python examples/steering.py sae-l9-3m --out docs/steering-l9-3m --search-all --min-selection-rate 0.8
-    python examples/steering.py sae-l9-3m --out docs/steering-l9-3m-wide --search-all --shortlist 24 \
+    python examples/steering.py sae-l9-3m --out docs/steering/results/l9-3m --search-all --min-selection-rate 0.8
+    python examples/steering.py sae-l9-3m --out docs/steering/results/l9-3m-wide --search-all --shortlist 24 \
         --concepts sea,music --selection-norms 30,40,50,60 --min-selection-rate 0.8
     rama sae train --site blocks.15.hook_resid_post --width 4608 --k 32 --tokens 3000000 --out sae-l15-3m
-    python examples/steering.py sae-l15-3m --out docs/steering-l15-3m --search-all --shortlist 24 --concepts music,sea \
+    python examples/steering.py sae-l15-3m --out docs/steering/results/l15-3m --search-all --shortlist 24 --concepts music,sea \
         --effect-norm 65 --selection-norms 50,65,80,100 --norms 0,30,40,50,60,70,80,90,100,120 \
         --min-selection-rate 0.8              # then the other fourteen concepts, with the default --shortlist 5
     python examples/gpu_sae.py pack --blocks 10 --out .device          # then train on the GPU machine, and:
     python examples/gpu_sae.py unpack RETURNED --out .                  # (the machine's sae-9 -> sae-l9-100m)
-    python examples/steering.py sae-l9-100m --out docs/steering-l9-100m --search-all --min-selection-rate 0.8
-    python examples/steering.py sae-l9-100m --out docs/steering-l9-100m-wide --search-all --shortlist 24 \
+    python examples/steering.py sae-l9-100m --out docs/steering/results/l9-100m --search-all --min-selection-rate 0.8
+    python examples/steering.py sae-l9-100m --out docs/steering/results/l9-100m-wide --search-all --shortlist 24 \
         --concepts sea --min-selection-rate 0.8
-    python examples/steering.py sae-l9-100m --out docs/steering-l9-100m-high --search-all --concepts sea,music \
+    python examples/steering.py sae-l9-100m --out docs/steering/results/l9-100m-high --search-all --concepts sea,music \
         --selection-norms 40,50,60,70,80 --min-selection-rate 0.8
 
 A run of some concepts rewrites their entries in OUT/steering.json and keeps the others' (each entry names
@@ -581,7 +581,7 @@ def parse_args() -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("sae", help="an SAE trained on a residual-stream site of SmolLM2-135M")
-    parser.add_argument("--out", default="docs/steering")
+    parser.add_argument("--out", default="docs/steering/results/l9")
     parser.add_argument("--concepts", default=",".join(CONCEPTS), help="which of the built-in concepts")
     parser.add_argument("--search-batches", type=int, default=8, help="corpus batches for top contexts")
     parser.add_argument(
