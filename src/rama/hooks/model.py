@@ -17,6 +17,7 @@ from rama.hooks.tokens import Batch, Inputs, pad_id, tokenize
 from rama.models.config import ModelConfig
 from rama.models.loading import load_hf
 from rama.models.registry import adapter_for
+from rama.models.spec import head_axis
 
 NameFilter = str | Sequence[str] | Callable[[str], bool] | None
 FwdHooks = Sequence[tuple[str | Callable[[str], bool], HookFn]]
@@ -76,6 +77,13 @@ class HookedModel:
                 raise unknown_site_error(name, self.sites)
             out.extend(m for m in matches if m not in out)
         return out
+
+    def head_axis(self, site: str) -> int | None:
+        """The axis of `site`'s activation that indexes heads (`blocks.3.attn.hook_z` -> 2,
+        `blocks.3.attn.hook_pattern` -> 1), or None for a site without heads."""
+        if site not in self._specs:
+            raise unknown_site_error(site, self.sites)
+        return head_axis(self._specs[site])
 
     def site_shape(self, site: str) -> tuple[int, ...]:
         """The shape of a site's activation for a `[1, 2]` token input (so `[-1]` is its width)."""

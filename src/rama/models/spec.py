@@ -129,3 +129,22 @@ class HeadResult:
 
 
 SiteSpec = ModuleOutput | ModuleInput | ResidualSum | AttentionProbe | HeadResult
+
+HEAD_VIEWS = (Heads, FusedSlice, InterleavedHeads)
+
+
+def head_axis(spec: SiteSpec) -> int | None:
+    """The axis of a site's `[batch, ...]` tensor that indexes attention heads, or None.
+
+    2 for per-head vectors (q/k/v and z are `[batch, pos, head, d_head]`, a head result is
+    `[batch, pos, head, d_model]`); 1 for attention scores and pattern (`[batch, head, q_pos, k_pos]`,
+    HF's layout); None for sites without heads (residual stream, MLP, norms). k and v of a
+    grouped-query model have n_kv_heads on that axis, not n_heads.
+    """
+    if isinstance(spec, AttentionProbe):
+        return 1
+    if isinstance(spec, HeadResult):
+        return 2
+    if isinstance(spec, ModuleOutput | ModuleInput) and isinstance(spec.view, HEAD_VIEWS):
+        return 2
+    return None
