@@ -5,11 +5,15 @@ the attention modules of that model are routed through `probe_attention`, regist
 transformers' `AttentionInterface` under `rama_probe:<original>`. It computes the scores and the
 pattern eagerly for the hooked modules, lets hooks read or replace them, and — unless a hook
 replaced one — still returns the original kernel's output, so logits stay bit-identical.
+
+The registries below are shared by every model in the process, so they change only under `_GUARD`
+(a forward pass itself is serialised per model by `rama.hooks.core.model_lock`).
 """
 
 from __future__ import annotations
 
 import sys
+import threading
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,6 +27,7 @@ SiteRunner = Callable[[torch.Tensor], "torch.Tensor | None"]
 PREFIX = "rama_probe:"
 _RUNNERS: weakref.WeakKeyDictionary[nn.Module, dict[str, SiteRunner]] = weakref.WeakKeyDictionary()
 _REGISTERED: set[str] = set()
+_GUARD = threading.Lock()
 
 
 def _original_function(module: nn.Module, implementation: str) -> Callable[..., Any]:
@@ -86,7 +91,8 @@ def make_probe(implementation: str) -> Callable[..., Any]:
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         original = _original_function(module, implementation)
-        runners = _RUNNERS.get(module)
+        with _GUARD:
+            runners = _RUNNERS.get(module)
         if not runners:
             return original(module, query, key, value, attention_mask, **kwargs)
         scores = masked_scores(module, query, key, attention_mask, kwargs)
@@ -107,23 +113,27 @@ def make_probe(implementation: str) -> Callable[..., Any]:
 
 def _register(implementation: str) -> str:
     name = PREFIX + implementation
-    if name not in _REGISTERED:
+    with _GUARD:
+        if name in _REGISTERED:
+            return name
         from transformers import AttentionInterface
         from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
         AttentionInterface.register(name, make_probe(implementation))
         AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[implementation])
         _REGISTERED.add(name)
-    return name
+        return name
 
 
 def add_runner(module: nn.Module, kind: str, runner: SiteRunner) -> None:
-    _RUNNERS.setdefault(module, {})[kind] = runner
+    with _GUARD:
+        _RUNNERS.setdefault(module, {})[kind] = runner
 
 
 def clear_runners(modules: list[nn.Module]) -> None:
-    for module in modules:
-        _RUNNERS.pop(module, None)
+    with _GUARD:
+        for module in modules:
+            _RUNNERS.pop(module, None)
 
 
 @contextmanager

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import difflib
 import re
+import threading
+import weakref
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from rama.errors import RamaError
 from rama.hooks import attention
 from rama.models.spec import (
     AttentionProbe,
@@ -46,17 +49,33 @@ class HookPoint:
 HookFn = Callable[[torch.Tensor, HookPoint], "torch.Tensor | None"]
 
 
-class SiteError(KeyError):
+class SiteError(RamaError, KeyError):
+    """A site name that does not exist (or is not in a cache); the message lists close names."""
+
     def __str__(self) -> str:  # KeyError quotes its message; show it plainly
         return str(self.args[0])
 
 
-class HookReturnError(ValueError):
-    pass
+class HookReturnError(RamaError, ValueError):
+    """A hook returned something that cannot replace the activation (wrong type, shape, dtype, device)."""
 
 
 class StopForward(Exception):
     """Raised by the early-stop hook once the last needed block has run."""
+
+
+_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(root: nn.Module) -> threading.RLock:
+    """The one re-entrant lock of a HF model: hooks attached to it are shared by every caller, so
+    every `HookedModel` wrapping it runs a forward pass (with its hooks) only while holding this."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(root)
+        if lock is None:
+            lock = _LOCKS[root] = threading.RLock()
+        return lock
 
 
 def unknown_site_error(name: str, valid: Sequence[str]) -> SiteError:

@@ -11,12 +11,22 @@ from typing import Any
 import torch
 from torch import nn
 
+from rama.errors import ConfigError, InputError
 from rama.hooks.cache import ActivationCache, recorder
-from rama.hooks.core import Attachment, HookFn, HookPoint, StopForward, attach_plan, unknown_site_error
-from rama.hooks.tokens import Batch, Inputs, pad_id, tokenize
+from rama.hooks.core import (
+    Attachment,
+    HookFn,
+    HookPoint,
+    StopForward,
+    attach_plan,
+    model_lock,
+    unknown_site_error,
+)
+from rama.hooks.tokens import Batch, Inputs, check_mask, pad_id, tokenize
 from rama.models.config import ModelConfig
 from rama.models.loading import load_hf
 from rama.models.registry import adapter_for
+from rama.models.sites import block_site
 from rama.models.spec import head_axis
 
 NameFilter = str | Sequence[str] | Callable[[str], bool] | None
@@ -24,7 +34,14 @@ FwdHooks = Sequence[tuple[str | Callable[[str], bool], HookFn]]
 
 
 class HookedModel:
-    """Wraps a loaded HF model in place; hooks exist only while a call or `hooks()` block runs."""
+    """Wraps a loaded HF model in place; hooks exist only while a call or `hooks()` block runs.
+
+    Safe to share between threads (a web server, a monitor): every forward pass, `generate` and
+    `with model.hooks(...)` block holds the HF model's re-entrant lock for its whole duration, so
+    concurrent calls are serialised, not run in parallel, and each sees only its own hooks. Nested
+    calls from the same thread (a `run_with_cache` inside a `hooks()` block) still work. Calling
+    `model.hf` directly bypasses the lock.
+    """
 
     def __init__(self, hf_model: nn.Module, tokenizer: Any, name: str = "") -> None:
         self.hf: Any = hf_model
@@ -36,6 +53,7 @@ class HookedModel:
         self.sites: list[str] = list(self._specs)
         self._groups: list[tuple[list[tuple[str, HookFn]], int | None]] = []
         self._attachment: Attachment | None = None
+        self._lock = model_lock(hf_model)
 
     def __repr__(self) -> str:
         c = self.cfg
@@ -99,8 +117,15 @@ class HookedModel:
     def tokenize(
         self, inputs: Inputs, *, prepend_bos: bool | None = None, padding_side: str = "right"
     ) -> Batch:
+        """Checked `[batch, pos]` tokens and mask. `prepend_bos=None` (the default) does what the
+        tokenizer does: SmolLM2's adds no BOS, unlike TransformerLens and rama's SAE training contexts."""
         return tokenize(
-            self.tokenizer, inputs, prepend_bos=prepend_bos, padding_side=padding_side, n_ctx=self.cfg.n_ctx
+            self.tokenizer,
+            inputs,
+            prepend_bos=prepend_bos,
+            padding_side=padding_side,
+            n_ctx=self.cfg.n_ctx,
+            d_vocab=self.cfg.d_vocab,
         )
 
     def to_tokens(
@@ -126,13 +151,14 @@ class HookedModel:
         """Hooks active for every forward inside the block (also `generate`); removed on exit or error."""
         entries = [(site, fn) for target, fn in fwd_hooks for site in self._targets(target)]
         self._check_stop(stop_at_layer)
-        self._groups.append((entries, stop_at_layer))
-        try:
-            self._reattach()
-            yield self
-        finally:
-            self._groups.pop()
-            self._reattach()
+        with self._lock:
+            self._groups.append((entries, stop_at_layer))
+            try:
+                self._reattach()
+                yield self
+            finally:
+                self._groups.pop()
+                self._reattach()
 
     def _targets(self, target: str | Callable[[str], bool]) -> list[str]:
         found = self.resolve(target)
@@ -142,7 +168,7 @@ class HookedModel:
 
     def _check_stop(self, stop_at_layer: int | None) -> None:
         if stop_at_layer is not None and not 0 < stop_at_layer <= self.cfg.n_layers:
-            raise ValueError(f"stop_at_layer must be in 1..{self.cfg.n_layers}, not {stop_at_layer}")
+            raise ConfigError(f"stop_at_layer must be in 1..{self.cfg.n_layers}, not {stop_at_layer}")
 
     def _reattach(self) -> None:
         if self._attachment is not None:
@@ -160,10 +186,22 @@ class HookedModel:
 
     # ---- running -------------------------------------------------------------------------------
 
-    def forward(self, inputs: Inputs, *, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        inputs: Inputs,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        prepend_bos: bool | None = None,
+    ) -> torch.Tensor:
         """Logits `[batch, pos, d_vocab]` (an encoder without a head: last hidden state)."""
-        batch = self.tokenize(inputs)
-        return self._run(batch.tokens, attention_mask if attention_mask is not None else batch.attention_mask)
+        batch = self.tokenize(inputs, prepend_bos=prepend_bos)
+        mask = self._mask(batch, attention_mask)
+        with self._lock:
+            return self._run(batch.tokens, mask)
+
+    def _mask(self, batch: Batch, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+        check_mask(attention_mask, batch.tokens)
+        return attention_mask if attention_mask is not None else batch.attention_mask
 
     __call__ = forward
 
@@ -178,11 +216,18 @@ class HookedModel:
         return logits if logits is not None else output.last_hidden_state
 
     def run_with_hooks(
-        self, inputs: Inputs, fwd_hooks: FwdHooks = (), *, attention_mask: torch.Tensor | None = None
+        self,
+        inputs: Inputs,
+        fwd_hooks: FwdHooks = (),
+        *,
+        attention_mask: torch.Tensor | None = None,
+        prepend_bos: bool | None = None,
     ) -> torch.Tensor:
         """`fn(activation, hook)` returns a replacement tensor or None; hooks are removed afterwards."""
+        batch = self.tokenize(inputs, prepend_bos=prepend_bos)
+        mask = self._mask(batch, attention_mask)
         with self.hooks(fwd_hooks):
-            return self.forward(inputs, attention_mask=attention_mask)
+            return self._run(batch.tokens, mask)
 
     def run_with_cache(
         self,
@@ -195,10 +240,12 @@ class HookedModel:
         stop_at_layer: int | None = None,
         keep_grad: bool = False,
         attention_mask: torch.Tensor | None = None,
+        prepend_bos: bool | None = None,
     ) -> tuple[torch.Tensor | None, ActivationCache]:
-        """(logits, cache). `stop_at_layer=L` ends the forward after block L-1 and returns None logits."""
-        batch = self.tokenize(inputs)
-        mask = attention_mask if attention_mask is not None else batch.attention_mask
+        """(logits, cache). `stop_at_layer=L` ends the forward after block L-1 and returns None logits.
+        `prepend_bos=None` keeps the tokenizer's own choice (no BOS for SmolLM2), as before."""
+        batch = self.tokenize(inputs, prepend_bos=prepend_bos)
+        mask = self._mask(batch, attention_mask)
         cache = ActivationCache(mask)
         sites = self.resolve(names)
         self._check_stop(stop_at_layer)
@@ -218,10 +265,10 @@ class HookedModel:
     def _before_stop(self, sites: list[str], stop_at_layer: int, explicit: bool) -> list[str]:
         if stop_at_layer >= self.cfg.n_layers:
             return sites
-        last = self.sites.index(f"blocks.{stop_at_layer - 1}.hook_resid_post")
+        last = self.sites.index(block_site(stop_at_layer - 1, "hook_resid_post"))
         late = [s for s in sites if self.sites.index(s) > last]
         if late and explicit:
-            raise ValueError(
+            raise ConfigError(
                 f"sites {late[:3]} come after stop_at_layer={stop_at_layer}; they would never run"
             )
         return [s for s in sites if s not in late]
@@ -240,9 +287,10 @@ class HookedModel:
         """Continue a prompt (or a left-padded batch); hooks run at every generated position.
 
         Returns text for text input (the prompt included), tokens for token input.
+        `prepend_bos=None` keeps the tokenizer's own choice (no BOS for SmolLM2), as before.
         """
         if not self.cfg.is_causal:
-            raise TypeError(f"{self.cfg.model_type} is an encoder; it cannot generate")
+            raise InputError(f"{self.cfg.model_type} is an encoder; it cannot generate")
         batch = self.tokenize(prompt, prepend_bos=prepend_bos, padding_side="left")
         mask = batch.attention_mask if batch.attention_mask is not None else torch.ones_like(batch.tokens)
         options: dict[str, Any] = {"do_sample": do_sample, "max_new_tokens": max_new_tokens}

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from rama.models.config import ModelConfig
+from rama.models.sites import block_prefix
 from rama.models.spec import (
     AttentionProbe,
     HeadResult,
@@ -105,7 +106,7 @@ class Adapter(ABC):
         block = f"{self.layers_path}.{layer}"
         p = self.block_paths()
         cfg = self.config()
-        at = f"blocks.{layer}."
+        at = block_prefix(layer)
 
         def rel(spec: Any) -> Any:
             return _prefixed(spec, block)
