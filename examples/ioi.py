@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 import rama
-from rama.atomic import pyplot, save_figure
+from rama.plotting import pyplot, save_figure
 from rama.toys import load_ground_truth, pretrained
 from rama.toys.ioi import IOITask, accuracy
 

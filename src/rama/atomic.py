@@ -1,14 +1,80 @@
-"""Writing so that nothing is ever half-written: stage next to the target, then rename into place."""
+"""Writing so that nothing is ever half-written: stage next to the target, then rename into place.
+
+Staged files and folders get the modes a plain `open` / `mkdir` would give them under the user's
+umask (the temp-file helpers alone would make them private: 0600 files, 0700 folders), so results
+are as readable as anything else the user writes.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+
+from rama.errors import OutputError
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux's /proc), else by
+    setting and restoring it under a lock (`os.umask` can only be read by replacing it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode `open(path, "w")` would give a new file: 0o666 less the umask."""
+    return 0o666 & ~current_umask()
+
+
+def folder_mode() -> int:
+    """The mode `mkdir` would give a new folder: 0o777 less the umask."""
+    return 0o777 & ~current_umask()
+
+
+@contextmanager
+def staged_file(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path]:
+    """Yield a uniquely named staging path beside `path` (ending in `suffix`, e.g. `.png` for a
+    writer that infers the format); when the block succeeds it takes the umask's mode and replaces
+    `path` in one rename; when it fails it is removed and `path` is untouched."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=suffix, dir=out.parent)
+    os.close(handle)
+    staging = Path(name)
+    try:
+        yield staging
+        staging.chmod(file_mode())
+        os.replace(staging, out)
+    finally:
+        staging.unlink(missing_ok=True)
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write UTF-8 text through a staging file beside `path`, then rename it into place."""
+    with staged_file(path) as staging:
+        staging.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write bytes through a staging file beside `path`, then rename it into place."""
+    with staged_file(path) as staging:
+        staging.write_bytes(data)
+    return Path(path)
 
 
 @contextmanager
@@ -17,10 +83,10 @@ def staged_folder(out: str | os.PathLike[str], overwrite: bool = False) -> Itera
     A folder that already holds files is refused unless `overwrite`."""
     final = Path(out)
     if final.exists() and any(final.iterdir()) and not overwrite:
-        raise FileExistsError(f"{str(final)!r} already holds files; choose another --out or remove it")
+        raise OutputError(f"{str(final)!r} already holds files; choose another --out or remove it")
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; a result folder is not
+    staging.chmod(folder_mode())
     try:
         yield staging
         if final.exists():
@@ -28,37 +94,3 @@ def staged_folder(out: str | os.PathLike[str], overwrite: bool = False) -> Itera
         os.replace(staging, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write UTF-8 text through a staging file beside `path`, then rename it into place."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    with os.fdopen(handle, "w", encoding="utf-8") as file:
-        file.write(text)
-    os.replace(staging, out)
-    return out
-
-
-def pyplot() -> Any:
-    """matplotlib's pyplot on the file-only Agg backend, or a clear error naming the extra."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as error:
-        raise ImportError("figures need matplotlib: pip install 'rama-interp[plot]'") from error
-    return plt
-
-
-def save_figure(figure: Any, path: str | os.PathLike[str]) -> Path:
-    """Save a matplotlib figure as PNG through a staging file, then close it."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.with_name(f".{out.stem}.tmp.png")
-    figure.savefig(staging, dpi=120, bbox_inches="tight")
-    os.replace(staging, out)
-    pyplot().close(figure)
-    return out

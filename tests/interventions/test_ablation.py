@@ -9,7 +9,7 @@ import rama
 from rama.interventions import mean_ablation, resample_ablation, zero_ablation
 from rama.toys import load_ground_truth, pretrained
 from rama.toys.induction import InductionTask
-from rama.toys.transformers import masked_next_token_loss
+from rama.toys.toy_transformer import masked_next_token_loss
 
 
 @pytest.fixture(scope="module")

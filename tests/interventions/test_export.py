@@ -12,7 +12,7 @@ import rama
 from rama.interventions import add_vector
 from rama.interventions.export import export_steered
 from rama.toys import pretrained
-from rama.toys.transformers import word_tokenizer
+from rama.toys.toy_transformer import word_tokenizer
 from tiny_models import build
 
 

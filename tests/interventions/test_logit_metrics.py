@@ -7,7 +7,12 @@ import math
 import pytest
 import torch
 
-from rama.interventions.metrics import kl_divergence, logit_difference, normalised_score, target_probability
+from rama.interventions.logit_metrics import (
+    kl_divergence,
+    logit_difference,
+    normalised_score,
+    target_probability,
+)
 
 
 def test_logit_difference_and_probability_by_hand() -> None:

@@ -16,7 +16,7 @@ from rama.interventions import (
     path_patch,
     path_patching_senders,
 )
-from rama.interventions.figures import plot_patching
+from rama.interventions.patching_figures import plot_patching
 
 
 def test_residual_patching_follows_the_information_from_s2_to_end(ioi_pair, tmp_path: Path) -> None:

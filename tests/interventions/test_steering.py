@@ -8,7 +8,7 @@ import torch
 
 import rama
 from rama.interventions import add_vector, clamp_direction, contrastive_vector, project_out
-from rama.interventions.metrics import logit_difference
+from rama.interventions.logit_metrics import logit_difference
 
 
 def test_add_clamp_and_project_out_are_exact(ioi_toy: rama.HookedModel) -> None:

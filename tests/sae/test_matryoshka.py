@@ -11,15 +11,17 @@ import torch
 
 from rama.cli.sae import SAETrainOptions, parse_matryoshka_widths
 from rama.metrics import fvu
-from rama.sae import SAE, SAEConfig, fit
+from rama.sae import SAE, MatryoshkaConfig, SAEConfig, fit
 from rama.sae.base import TrainState
 from rama.toys import FeatureSuite
-from rama.toys.features import FeatureSuiteConfig
+from rama.toys.feature_suite import FeatureSuiteConfig
 
 
 def test_loss_is_the_mean_of_the_prefix_fvus_by_hand() -> None:
     torch.manual_seed(0)
-    cfg = SAEConfig(d_in=4, d_sae=8, architecture="matryoshka", k=2, extra={"matryoshka_widths": [2, 8]})
+    cfg = SAEConfig(
+        d_in=4, d_sae=8, architecture="matryoshka", arch=MatryoshkaConfig(k=2, matryoshka_widths=[2, 8])
+    )
     sae = SAE.create(cfg)
     with torch.no_grad():
         sae.b_dec.copy_(torch.randn(4) * 0.1)
@@ -87,7 +89,7 @@ def test_is_saved_as_jumprelu_and_keeps_its_widths(tmp_path: Path) -> None:
     sae.save(tmp_path / "m")
     written = json.loads((tmp_path / "m" / "cfg.json").read_text())
     assert written["architecture"] == "jumprelu"
-    assert written["rama"]["extra"]["matryoshka_widths"] == [32, 128]
+    assert written["rama"]["matryoshka_widths"] == [32, 128]
     loaded = SAE.load(tmp_path / "m")
     with torch.no_grad():
         torch.testing.assert_close(loaded.encode(x[:100]), sae.encode(x[:100]))
@@ -95,14 +97,20 @@ def test_is_saved_as_jumprelu_and_keeps_its_widths(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("widths", [[16, 32], [0, 64], [32, 16, 64], [16, 16, 64]])
 def test_bad_widths_are_refused_with_the_rule(widths: list[int]) -> None:
-    cfg = SAEConfig(d_in=8, d_sae=64, architecture="matryoshka", k=4, extra={"matryoshka_widths": widths})
     with pytest.raises(ValueError, match=r"end at d_sae \(64\)"):
-        SAE.create(cfg)
+        SAE.create(
+            SAEConfig(
+                d_in=8,
+                d_sae=64,
+                architecture="matryoshka",
+                arch=MatryoshkaConfig(k=4, matryoshka_widths=widths),
+            )
+        )
 
 
 def test_widths_for_another_architecture_are_refused() -> None:
     x = torch.randn(2048, 8)
-    with pytest.raises(ValueError, match="for the 'matryoshka' architecture"):
+    with pytest.raises(ValueError, match="matryoshka_widths: not a training setting, nor one of the 'topk'"):
         fit(
             x, architecture="topk", matryoshka_widths=[16, 64], d_sae=64, k=4, batch_size=1024, progress=False
         )

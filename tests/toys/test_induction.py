@@ -18,7 +18,7 @@ from rama.toys.induction import (
     composition_scores,
     train_induction,
 )
-from rama.toys.transformers import TrainSchedule, load_ground_truth, masked_next_token_loss
+from rama.toys.toy_transformer import TrainSchedule, load_ground_truth, masked_next_token_loss
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import torch
 import rama
 from rama.toys import pretrained
 from rama.toys.ioi import TEMPLATES, IOITask, accuracy, logit_difference
-from rama.toys.transformers import load_ground_truth
+from rama.toys.toy_transformer import load_ground_truth
 
 
 @pytest.fixture(scope="module")

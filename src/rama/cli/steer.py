@@ -91,7 +91,7 @@ def dispatch(argv: list[str]) -> int:
 
 def _prepare(options: SteerOptions) -> tuple[object, str, object]:
     import rama
-    from rama.interventions.sources import SteeringSource
+    from rama.interventions.steering_sources import SteeringSource
     from rama.sae.base import SAE
 
     contrast = None
@@ -107,7 +107,7 @@ def _prepare(options: SteerOptions) -> tuple[object, str, object]:
 
 
 def run(options: RunOptions) -> int:
-    from rama.interventions.sources import steering_hook
+    from rama.interventions.steering_sources import steering_hook
 
     if not options.prompt:
         raise ValueError("give a prompt: rama steer [options] 'The prompt'")
@@ -129,7 +129,7 @@ def _prompts(options: SweepOptions) -> list[str]:
 
 
 def run_sweep(options: SweepOptions) -> int:
-    from rama.interventions.sources import steering_factory
+    from rama.interventions.steering_sources import steering_factory
     from rama.interventions.sweep import embedding_scorer, keyword_scorer, plot_sweep, strength_sweep
 
     model, site, source = _prepare(options)
@@ -169,7 +169,7 @@ def run_sweep(options: SweepOptions) -> int:
 
 def run_export(options: ExportOptions) -> int:
     from rama.interventions.export import export_steered
-    from rama.interventions.sources import direction
+    from rama.interventions.steering_sources import direction
 
     if not options.out:
         raise ValueError("give the output folder: --out DIR")

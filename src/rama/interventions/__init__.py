@@ -2,8 +2,13 @@
 
 from rama.interventions.ablation import mean_ablation, resample_ablation, zero_ablation
 from rama.interventions.attribution import agreement, attribution_patching
-from rama.interventions.features import ablate_features, feature_direction, set_features
-from rama.interventions.metrics import kl_divergence, logit_difference, normalised_score, target_probability
+from rama.interventions.feature_edits import ablate_features, feature_direction, set_features
+from rama.interventions.logit_metrics import (
+    kl_divergence,
+    logit_difference,
+    normalised_score,
+    target_probability,
+)
 from rama.interventions.patching import PatchResult, activation_patching
 from rama.interventions.path_patching import Receiver, path_patch, path_patching_senders
 from rama.interventions.steering import add_vector, clamp_direction, contrastive_vector, project_out

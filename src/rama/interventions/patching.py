@@ -15,7 +15,7 @@ import torch
 
 from rama.hooks.core import HookPoint
 from rama.hooks.model import HookedModel
-from rama.interventions.metrics import normalised_score
+from rama.interventions.logit_metrics import normalised_score
 
 Metric = Callable[[torch.Tensor], torch.Tensor]  # logits [batch, pos, vocab] -> scalar
 SWEEPS = {

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from rama.atomic import pyplot, save_figure
 from rama.interventions.patching import PatchResult
+from rama.plotting import pyplot, save_figure
 
 
 def plot_patching(

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from rama.hooks.model import HookedModel
-from rama.interventions.features import check_sae_site, feature_direction, set_features
+from rama.interventions.feature_edits import check_sae_site, feature_direction, set_features
 from rama.interventions.steering import Hook, add_vector, clamp_direction, contrastive_vector
 
 MODES = ("add", "clamp")

@@ -14,10 +14,11 @@ from typing import TypeVar
 import torch
 from tqdm import tqdm
 
-from rama.atomic import pyplot, save_figure, write_text
+from rama.atomic import write_text
 from rama.features.search import split_keywords
 from rama.hooks.model import HookedModel
 from rama.interventions.steering import Hook
+from rama.plotting import pyplot, save_figure
 
 Scorer = Callable[[list[str]], list[bool]]
 Key = TypeVar("Key", bound=Hashable)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from rama.atomic import pyplot, save_figure
+from rama.plotting import pyplot, save_figure
 from rama.toys.superposition import STICKY_FRACTIONS, PhaseDiagram, ToyModel
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from rama.toys.transformers import (
+from rama.toys.toy_transformer import (
     Batch,
     ToyTransformerConfig,
     TrainSchedule,

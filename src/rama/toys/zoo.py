@@ -14,7 +14,7 @@ import torch
 from rama.atomic import write_text
 from rama.toys.induction import InductionTask, train_induction
 from rama.toys.ioi import IOITask, train_ioi
-from rama.toys.transformers import TrainSchedule, save_toy
+from rama.toys.toy_transformer import TrainSchedule, save_toy
 
 WEIGHTS = Path(__file__).parent / "weights"
 TRANSFORMERS = {
