@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from rama.errors import ConfigError, InputError
 from rama.interventions import (
     Receiver,
     activation_patching,
@@ -103,9 +104,46 @@ def test_path_patching_with_nothing_changed_is_the_clean_run(ioi_pair) -> None:
 
 def test_bad_patching_requests_are_clear(ioi_pair) -> None:
     pair = ioi_pair
-    with pytest.raises(ValueError, match="same shape"):
+    with pytest.raises(InputError, match="same shape"):
         activation_patching(pair.model, pair.clean, pair.corrupted[:, :-1], pair.metric)
-    with pytest.raises(ValueError, match="unknown sweep"):
+    with pytest.raises(ConfigError, match="unknown sweep"):
         activation_patching(pair.model, pair.clean, pair.corrupted, pair.metric, sweep="mlp_in")
-    with pytest.raises(ValueError, match="before its receiver"):
+    with pytest.raises(ConfigError, match="unknown sweep"):
+        attribution_patching(
+            pair.model, pair.clean, pair.corrupted, pair.metric, sweeps=["resid_pre", "mlp_in"]
+        )
+    with pytest.raises(ConfigError, match="'denoising' or 'noising'"):
+        attribution_patching(pair.model, pair.clean, pair.corrupted, pair.metric, direction="both")
+    with pytest.raises(InputError, match="same shape"):
+        path_patch(pair.model, pair.clean, pair.corrupted[:, :-1], pair.metric, [(0, 1)], [Receiver(2, 0)])
+    with pytest.raises(ConfigError, match="before its receiver"):
         path_patch(pair.model, pair.clean, pair.corrupted, pair.metric, [(2, 0)], [Receiver(1, 0)])
+
+
+def test_a_metric_with_one_value_per_prompt_is_refused_with_the_fix(ioi_pair) -> None:
+    pair = ioi_pair
+
+    def per_prompt(logits: torch.Tensor) -> torch.Tensor:  # [batch]: forgot the .mean()
+        at = logits[:, pair.end]
+        rows = torch.arange(at.shape[0])
+        return at[rows, pair.io] - at[rows, pair.s]
+
+    with torch.no_grad():
+        assert per_prompt(pair.model(pair.clean)).shape == (pair.clean.shape[0],)
+    calls = [
+        lambda: activation_patching(pair.model, pair.clean, pair.corrupted, per_prompt, sweep="heads"),
+        lambda: attribution_patching(pair.model, pair.clean, pair.corrupted, per_prompt),
+        lambda: path_patch(pair.model, pair.clean, pair.corrupted, per_prompt, [(0, 1)], [Receiver(2, 0)]),
+        lambda: path_patching_senders(
+            pair.model, pair.clean, pair.corrupted, per_prompt, [Receiver.logits()]
+        ),
+    ]
+    for call in calls:
+        with pytest.raises(InputError, match=r"must return a scalar.*\(24,\).*\.mean\(\)"):
+            call()
+    reduced = activation_patching(
+        pair.model, pair.clean, pair.corrupted, lambda logits: per_prompt(logits).mean(), sweep="heads"
+    )
+    with torch.no_grad():
+        clean = float(pair.metric(pair.model(pair.clean)))
+    assert reduced.clean == pytest.approx(clean, abs=1e-5)

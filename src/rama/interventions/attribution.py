@@ -8,45 +8,44 @@ from collections.abc import Sequence
 
 import torch
 
+from rama.errors import InputError
 from rama.hooks.model import HookedModel
-from rama.interventions.patching import SWEEPS, Metric, PatchResult, _check_pair, _position_labels
+from rama.interventions.patching import (
+    Inputs,
+    Metric,
+    PatchResult,
+    check_sweeps,
+    metric_value,
+    source_and_target,
+    sweep_result,
+    sweep_sites,
+)
 
 
 def attribution_patching(
     model: HookedModel,
-    clean: torch.Tensor | str | list[str],
-    corrupted: torch.Tensor | str | list[str],
+    clean: Inputs,
+    corrupted: Inputs,
     metric: Metric,
     sweeps: Sequence[str] = ("resid_pre", "attn_out", "mlp_out", "heads"),
     direction: str = "denoising",
 ) -> dict[str, PatchResult]:
     """Estimated metric after each patch, for every sweep, shaped like `activation_patching`'s."""
-    unknown = [s for s in sweeps if s not in SWEEPS]
-    if unknown:
-        raise ValueError(f"unknown sweeps {unknown}; choose from {', '.join(SWEEPS)}")
-    if direction not in ("denoising", "noising"):
-        raise ValueError(f"direction must be 'denoising' or 'noising'; got {direction!r}")
-    clean_tokens, corrupted_tokens = model.to_tokens(clean), model.to_tokens(corrupted)
-    _check_pair(clean_tokens, corrupted_tokens)
+    sweeps = check_sweeps(sweeps)
+    clean_tokens, source_tokens, target_tokens = source_and_target(model, clean, corrupted, direction)
     layers = range(model.cfg.n_layers)
-    sites = {sweep: [SWEEPS[sweep].format(layer=layer) for layer in layers] for sweep in sweeps}
+    sites = {sweep: sweep_sites(sweep, layers) for sweep in sweeps}
     every = [site for names in sites.values() for site in names]
-    source_tokens, target_tokens = (
-        (clean_tokens, corrupted_tokens) if direction == "denoising" else (corrupted_tokens, clean_tokens)
-    )
     with torch.no_grad():
         source_logits, source_cache = model.run_with_cache(source_tokens, names=every)
     target_logits, target_cache = model.run_with_cache(target_tokens, names=every, keep_grad=True)
     assert source_logits is not None and target_logits is not None
-    target_metric = metric(target_logits)
+    source_value = float(metric_value(metric, source_logits))
+    target_metric = metric_value(metric, target_logits)
     grads = torch.autograd.grad(target_metric, [target_cache[s] for s in every], allow_unused=True)
     target_value = float(target_metric.detach())
-    gradient = {site: g for site, g in zip(every, grads, strict=True)}
-    clean_value, corrupted_value = (
-        (float(metric(source_logits)), float(target_value))
-        if direction == "denoising"
-        else (float(target_value), float(metric(source_logits)))
-    )
+    gradient = dict(zip(every, grads, strict=True))
+    scores = (source_value, target_value) if direction == "denoising" else (target_value, source_value)
     results: dict[str, PatchResult] = {}
     for sweep, names in sites.items():
         estimates = []
@@ -57,28 +56,14 @@ def attribution_patching(
             # heads: sum over batch, positions, d_head -> [head]; else over batch and d -> [pos]
             estimates.append(effect.sum(dim=(0, 1, 3)) if sweep == "heads" else effect.sum(dim=(0, 2)))
         values = target_value + torch.stack(estimates).detach()  # the metric already averages rows
-        inner = "head" if sweep == "heads" else "pos"
-        labels = (
-            [str(h) for h in range(model.cfg.n_heads)]
-            if sweep == "heads"
-            else _position_labels(model, clean_tokens)
-        )
-        results[sweep] = PatchResult(
-            values=values,
-            dims=("layer", inner),
-            labels={"layer": [str(layer) for layer in layers], inner: labels},
-            clean=clean_value,
-            corrupted=corrupted_value,
-            direction=direction,
-            sweep=sweep,
-        )
+        results[sweep] = sweep_result(model, sweep, layers, values, clean_tokens, scores, direction)
     return results
 
 
 def agreement(estimate: PatchResult, actual: PatchResult) -> float:
     """Pearson correlation between attribution estimates and real activation patching results."""
     if estimate.values.shape != actual.values.shape:
-        raise ValueError(
+        raise InputError(
             f"results differ in shape: {tuple(estimate.values.shape)} and {tuple(actual.values.shape)}"
         )
     a = estimate.values.flatten().double()

@@ -13,18 +13,24 @@ from dataclasses import dataclass
 
 import torch
 
+from rama.errors import ConfigError, InputError
+from rama.hooks import HookFn
 from rama.hooks.core import HookPoint
 from rama.hooks.model import HookedModel
 from rama.interventions.logit_metrics import normalised_score
+from rama.models.sites import block_site
 
 Metric = Callable[[torch.Tensor], torch.Tensor]  # logits [batch, pos, vocab] -> scalar
+Inputs = torch.Tensor | str | list[str]
+# each sweep patches one hook of every block (its site: `block_site(layer, SWEEPS[sweep])`)
 SWEEPS = {
-    "resid_pre": "blocks.{layer}.hook_resid_pre",
-    "resid_post": "blocks.{layer}.hook_resid_post",
-    "attn_out": "blocks.{layer}.hook_attn_out",
-    "mlp_out": "blocks.{layer}.hook_mlp_out",
-    "heads": "blocks.{layer}.attn.hook_z",
+    "resid_pre": "hook_resid_pre",
+    "resid_post": "hook_resid_post",
+    "attn_out": "hook_attn_out",
+    "mlp_out": "hook_mlp_out",
+    "heads": "attn.hook_z",
 }
+DIRECTIONS = ("denoising", "noising")
 
 
 @dataclass(frozen=True)
@@ -53,7 +59,88 @@ class PatchResult:
         return normalised_score(self.values, self.clean, self.corrupted)
 
 
-def _select(activation: torch.Tensor, patch: Patch) -> tuple[slice | int, ...]:
+def check_sweeps(sweeps: Sequence[str]) -> list[str]:
+    """The sweeps, each checked against `SWEEPS`."""
+    unknown = [s for s in sweeps if s not in SWEEPS]
+    if unknown or not sweeps:
+        raise ConfigError(f"unknown sweep(s) {unknown or list(sweeps)}; choose from {', '.join(SWEEPS)}")
+    return list(sweeps)
+
+
+def sweep_sites(sweep: str, layers: Sequence[int]) -> list[str]:
+    """The site a sweep patches in each of `layers`."""
+    return [block_site(layer, SWEEPS[sweep]) for layer in layers]
+
+
+def check_pair(clean: torch.Tensor, corrupted: torch.Tensor) -> None:
+    """Patching swaps values position by position, so the two token batches must line up."""
+    if clean.shape != corrupted.shape:
+        raise InputError(
+            f"clean and corrupted inputs must have the same shape, position by position; got "
+            f"{tuple(clean.shape)} and {tuple(corrupted.shape)}"
+        )
+
+
+def source_and_target(
+    model: HookedModel, clean: Inputs, corrupted: Inputs, direction: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(clean tokens, source tokens, target tokens): denoising patches clean values into the
+    corrupted run, noising corrupted values into the clean run."""
+    if direction not in DIRECTIONS:
+        raise ConfigError(f"direction must be 'denoising' or 'noising'; got {direction!r}")
+    clean_tokens, corrupted_tokens = model.to_tokens(clean), model.to_tokens(corrupted)
+    check_pair(clean_tokens, corrupted_tokens)
+    if direction == "denoising":
+        return clean_tokens, clean_tokens, corrupted_tokens
+    return clean_tokens, corrupted_tokens, clean_tokens
+
+
+def metric_value(metric: Metric, logits: torch.Tensor) -> torch.Tensor:
+    """The metric on `logits`, checked to be one number (a 0-d tensor, kept on the graph): a
+    patching score compares single values, so a metric with one value per prompt must be reduced."""
+    value = metric(logits)
+    if not isinstance(value, torch.Tensor) or value.numel() != 1:
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise InputError(
+            f"the patching metric must return a scalar (one number for the whole batch); it returned "
+            f"{shape}, one value per prompt? Reduce it, e.g. `lambda logits: my_metric(logits).mean()`"
+        )
+    return value.reshape(())
+
+
+def position_labels(model: HookedModel, tokens: torch.Tensor) -> list[str]:
+    """`"i:token"` for each position of the first row: the axis labels of a position sweep."""
+    words = model.to_str_tokens(tokens[0])
+    return [f"{i}:{w}" for i, w in enumerate(words)]
+
+
+def sweep_result(
+    model: HookedModel,
+    sweep: str,
+    layers: Sequence[int],
+    values: torch.Tensor,
+    clean_tokens: torch.Tensor,
+    scores: tuple[float, float],
+    direction: str,
+) -> PatchResult:
+    """A sweep's `values [layer, pos|head]` with its labels and the (clean, corrupted) metric."""
+    inner = "head" if sweep == "heads" else "pos"
+    labels = (
+        [str(h) for h in range(values.shape[1])] if sweep == "heads" else position_labels(model, clean_tokens)
+    )
+    return PatchResult(
+        values=values,
+        dims=("layer", inner),
+        labels={"layer": [str(layer) for layer in layers], inner: labels},
+        clean=scores[0],
+        corrupted=scores[1],
+        direction=direction,
+        sweep=sweep,
+    )
+
+
+def select(activation: torch.Tensor, patch: Patch) -> tuple[slice | int, ...]:
+    """The index of a patch's component in an activation `[batch, pos, (head,) d]`."""
     index: list[slice | int] = [slice(None)] * activation.ndim
     if patch.position is not None:
         index[1] = patch.position
@@ -76,28 +163,29 @@ def run_patches(
     values: list[torch.Tensor] = []
     for start in range(0, len(patches), per_chunk):
         chunk = list(patches[start : start + per_chunk])
-        hooks = _chunk_hooks(chunk, source_cache, rows)
+        hooks = chunk_hooks(chunk, source_cache, rows)
         with torch.no_grad():
             logits = model.run_with_hooks(target.repeat(len(chunk), 1), hooks)
-        values.extend(metric(part) for part in logits.split(rows))
-    return torch.stack([v.detach().float().reshape(()) for v in values])
+        values.extend(metric_value(metric, part) for part in logits.split(rows))
+    return torch.stack([v.detach().float() for v in values])
 
 
-def _chunk_hooks(
+def chunk_hooks(
     chunk: list[Patch], source_cache: dict[str, torch.Tensor], rows: int
-) -> list[tuple[str, Callable[[torch.Tensor, HookPoint], torch.Tensor]]]:
+) -> list[tuple[str, HookFn]]:
+    """Hooks for a batch of `len(chunk)` copies of the target (`rows` each): copy k gets patch k."""
     by_site: dict[str, list[tuple[int, Patch]]] = {}
     for copy, patch in enumerate(chunk):
         by_site.setdefault(patch.site, []).append((copy, patch))
 
-    def make(site: str, items: list[tuple[int, Patch]]) -> Callable[[torch.Tensor, HookPoint], torch.Tensor]:
+    def make(site: str, items: list[tuple[int, Patch]]) -> HookFn:
         source = source_cache[site]
 
         def hook(activation: torch.Tensor, point: HookPoint) -> torch.Tensor:
             out = activation.clone()
             for copy, patch in items:
                 part = out[copy * rows : (copy + 1) * rows]
-                index = _select(part, patch)
+                index = select(part, patch)
                 part[index] = source[index].to(part.dtype)
             return out
 
@@ -106,18 +194,10 @@ def _chunk_hooks(
     return [(site, make(site, items)) for site, items in by_site.items()]
 
 
-def _check_pair(clean: torch.Tensor, corrupted: torch.Tensor) -> None:
-    if clean.shape != corrupted.shape:
-        raise ValueError(
-            f"clean and corrupted inputs must have the same shape, position by position; got "
-            f"{tuple(clean.shape)} and {tuple(corrupted.shape)}"
-        )
-
-
 def activation_patching(
     model: HookedModel,
-    clean: torch.Tensor | str | list[str],
-    corrupted: torch.Tensor | str | list[str],
+    clean: Inputs,
+    corrupted: Inputs,
     metric: Metric,
     sweep: str = "resid_pre",
     direction: str = "denoising",
@@ -126,43 +206,26 @@ def activation_patching(
 ) -> PatchResult:
     """Sweep `resid_pre|resid_post|attn_out|mlp_out` over layers × positions, or `heads` over
     layers × heads (each head's `hook_z` at every position)."""
-    if sweep not in SWEEPS:
-        raise ValueError(f"unknown sweep {sweep!r}; choose one of {', '.join(SWEEPS)}")
-    if direction not in ("denoising", "noising"):
-        raise ValueError(f"direction must be 'denoising' or 'noising'; got {direction!r}")
-    clean_tokens, corrupted_tokens = model.to_tokens(clean), model.to_tokens(corrupted)
-    _check_pair(clean_tokens, corrupted_tokens)
+    check_sweeps([sweep])
+    clean_tokens, source_tokens, target_tokens = source_and_target(model, clean, corrupted, direction)
     layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
-    sites = [SWEEPS[sweep].format(layer=layer) for layer in layers]
+    sites = sweep_sites(sweep, layers)
     with torch.no_grad():
-        clean_logits, clean_cache = model.run_with_cache(clean_tokens, names=sites)
-        corrupted_logits, corrupted_cache = model.run_with_cache(corrupted_tokens, names=sites)
-    assert clean_logits is not None and corrupted_logits is not None
-    source, target = (
-        (clean_cache, corrupted_tokens) if direction == "denoising" else (corrupted_cache, clean_tokens)
+        source_logits, source_cache = model.run_with_cache(source_tokens, names=sites)
+        target_logits = model(target_tokens)
+    assert source_logits is not None
+    source_value, target_value = (
+        float(metric_value(metric, source_logits)),
+        float(metric_value(metric, target_logits)),
     )
+    scores = (source_value, target_value) if direction == "denoising" else (target_value, source_value)
     inner = model.cfg.n_heads if sweep == "heads" else clean_tokens.shape[1]
     patches = [
         Patch(site, head=i) if sweep == "heads" else Patch(site, position=i)
         for site in sites
         for i in range(inner)
     ]
-    values = run_patches(model, target, dict(source), patches, metric, max_batch).view(len(layers), inner)
-    inner_dim = "head" if sweep == "heads" else "pos"
-    inner_labels = (
-        [str(h) for h in range(inner)] if sweep == "heads" else _position_labels(model, clean_tokens)
+    values = run_patches(model, target_tokens, dict(source_cache), patches, metric, max_batch)
+    return sweep_result(
+        model, sweep, layers, values.view(len(layers), inner), clean_tokens, scores, direction
     )
-    return PatchResult(
-        values=values,
-        dims=("layer", inner_dim),
-        labels={"layer": [str(layer) for layer in layers], inner_dim: inner_labels},
-        clean=float(metric(clean_logits)),
-        corrupted=float(metric(corrupted_logits)),
-        direction=direction,
-        sweep=sweep,
-    )
-
-
-def _position_labels(model: HookedModel, tokens: torch.Tensor) -> list[str]:
-    words = model.to_str_tokens(tokens[0])
-    return [f"{i}:{w}" for i, w in enumerate(words)]

@@ -10,17 +10,19 @@ residual stream alone. Receivers are heads' query, key or value inputs, or the l
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
+from rama.errors import ConfigError
+from rama.hooks import HookFn
 from rama.hooks.core import HookPoint
 from rama.hooks.model import HookedModel
-from rama.interventions.patching import Metric, PatchResult, _check_pair
+from rama.interventions.patching import Inputs, Metric, PatchResult, metric_value, source_and_target
+from rama.models.sites import block_site
 
 Head = tuple[int, int]
-Inputs = torch.Tensor | str | list[str]
 
 
 @dataclass(frozen=True)
@@ -36,51 +38,54 @@ class Receiver:
         return Receiver(-1, -1, "logits")
 
     def site(self) -> str:
-        return f"blocks.{self.layer}.attn.hook_{self.input}"
+        return block_site(self.layer, f"attn.hook_{self.input}")
 
 
 def _check(model: HookedModel, senders: Sequence[Head], receivers: Sequence[Receiver]) -> None:
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     bad = [s for s in senders if not (0 <= s[0] < n_layers and 0 <= s[1] < n_heads)]
     if bad or not senders:
-        raise ValueError(
+        raise ConfigError(
             f"senders must be (layer, head) pairs of this {n_layers}×{n_heads} model; got {list(senders)}"
         )
     for receiver in receivers:
         if receiver.input == "logits":
             continue
         if receiver.input not in ("q", "k", "v") or not 0 <= receiver.head < n_heads:
-            raise ValueError(
+            raise ConfigError(
                 f"a receiver is a head's 'q', 'k' or 'v' input (or Receiver.logits()); got {receiver}"
             )
         if not all(s[0] < receiver.layer for s in senders):
-            raise ValueError(
+            raise ConfigError(
                 f"every sender must sit in a layer before its receiver {receiver}; senders {list(senders)}"
             )
 
 
 def _freeze(
     model: HookedModel, base: dict[str, torch.Tensor], other: dict[str, torch.Tensor], senders: Sequence[Head]
-) -> list[tuple[str, Callable[[torch.Tensor, HookPoint], torch.Tensor]]]:
+) -> list[tuple[str, HookFn]]:
     """Hooks holding every head and MLP at its base value, the senders at the other input's."""
     by_layer: dict[int, list[int]] = {}
     for layer, head in senders:
         by_layer.setdefault(layer, []).append(head)
 
-    def heads(layer: int) -> Callable[[torch.Tensor, HookPoint], torch.Tensor]:
+    def heads(site: str, chosen: list[int]) -> HookFn:
         def hook(z: torch.Tensor, point: HookPoint) -> torch.Tensor:
-            out = base[f"blocks.{layer}.attn.hook_z"].clone()
-            chosen = by_layer.get(layer, [])
-            out[:, :, chosen] = other[f"blocks.{layer}.attn.hook_z"][:, :, chosen]
+            out = base[site].clone()
+            out[:, :, chosen] = other[site][:, :, chosen]
             return out.to(z.dtype)
 
         return hook
 
-    def mlp(layer: int) -> Callable[[torch.Tensor, HookPoint], torch.Tensor]:
-        return lambda out, point: base[f"blocks.{layer}.hook_mlp_out"].to(out.dtype)
+    def mlp(site: str) -> HookFn:
+        return lambda out, point: base[site].to(out.dtype)
 
-    hooks = [(f"blocks.{layer}.attn.hook_z", heads(layer)) for layer in range(model.cfg.n_layers)]
-    return hooks + [(f"blocks.{layer}.hook_mlp_out", mlp(layer)) for layer in range(model.cfg.n_layers)]
+    layers = range(model.cfg.n_layers)
+    hooks = [
+        (block_site(i, "attn.hook_z"), heads(block_site(i, "attn.hook_z"), by_layer.get(i, [])))
+        for i in layers
+    ]
+    return hooks + [(block_site(i, "hook_mlp_out"), mlp(block_site(i, "hook_mlp_out"))) for i in layers]
 
 
 def kv_index(model: HookedModel, receiver: Receiver) -> int:
@@ -90,17 +95,12 @@ def kv_index(model: HookedModel, receiver: Receiver) -> int:
     return receiver.head * model.cfg.n_kv_heads // model.cfg.n_heads
 
 
-def _direction_pair(
+def base_and_other(
     model: HookedModel, clean: Inputs, corrupted: Inputs, direction: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(base tokens, other tokens): noising runs clean with senders from corrupted; denoising, the reverse."""
-    if direction not in ("denoising", "noising"):
-        raise ValueError(f"direction must be 'denoising' or 'noising'; got {direction!r}")
-    clean_tokens, corrupted_tokens = model.to_tokens(clean), model.to_tokens(corrupted)
-    _check_pair(clean_tokens, corrupted_tokens)
-    if direction == "noising":
-        return clean_tokens, corrupted_tokens
-    return corrupted_tokens, clean_tokens
+    _, source, target = source_and_target(model, clean, corrupted, direction)
+    return target, source
 
 
 def _component_caches(model: HookedModel, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -122,7 +122,7 @@ def path_patch(
     """The metric after patching the senders → receivers paths. Noising (the IOI paper's way) runs
     the clean input with the senders from the corrupted one; denoising, the reverse."""
     _check(model, senders, receivers)
-    base_tokens, other_tokens = _direction_pair(model, clean, corrupted, direction)
+    base_tokens, other_tokens = base_and_other(model, clean, corrupted, direction)
     base, other = _component_caches(model, base_tokens), _component_caches(model, other_tokens)
     return _patch_paths(model, base_tokens, base, other, metric, senders, receivers)
 
@@ -141,20 +141,18 @@ def _patch_paths(
     with torch.no_grad():
         if any(r.input == "logits" for r in receivers):
             if len(receivers) > 1:
-                raise ValueError("the logits receiver stands alone; patch head receivers in a separate call")
-            return float(metric(model.run_with_hooks(base_tokens, frozen)))
+                raise ConfigError("the logits receiver stands alone; patch head receivers in a separate call")
+            return float(metric_value(metric, model.run_with_hooks(base_tokens, frozen)))
         reads = sorted({r.site() for r in receivers})
         _, recorded = model.run_with_cache(base_tokens, names=reads, fwd_hooks=frozen)
         hooks = [
             (site, _receive(model, recorded[site], [r for r in receivers if r.site() == site]))
             for site in reads
         ]
-        return float(metric(model.run_with_hooks(base_tokens, hooks)))
+        return float(metric_value(metric, model.run_with_hooks(base_tokens, hooks)))
 
 
-def _receive(
-    model: HookedModel, recorded: torch.Tensor, receivers: list[Receiver]
-) -> Callable[[torch.Tensor, HookPoint], torch.Tensor]:
+def _receive(model: HookedModel, recorded: torch.Tensor, receivers: list[Receiver]) -> HookFn:
     indices = [kv_index(model, r) for r in receivers]
 
     def hook(activation: torch.Tensor, point: HookPoint) -> torch.Tensor:
@@ -175,7 +173,11 @@ def path_patching_senders(
 ) -> PatchResult:
     """Every head before the receivers as a lone sender: `values [layer, head]` (NaN where a head
     cannot send, at or after a receiver's layer)."""
-    base_tokens, other_tokens = _direction_pair(model, clean, corrupted, direction)
+    clean_tokens, other_tokens, base_tokens = source_and_target(model, clean, corrupted, direction)
+    corrupted_tokens = other_tokens if direction == "noising" else base_tokens
+    with torch.no_grad():  # first, so a metric that cannot be used fails before the sweep
+        clean_value = float(metric_value(metric, model(clean_tokens)))
+        corrupted_value = float(metric_value(metric, model(corrupted_tokens)))
     base, other = (
         _component_caches(model, base_tokens),
         _component_caches(model, other_tokens),
@@ -188,12 +190,6 @@ def path_patching_senders(
             values[layer, head] = _patch_paths(
                 model, base_tokens, base, other, metric, [(layer, head)], receivers
             )
-    clean_tokens, corrupted_tokens = (
-        (base_tokens, other_tokens) if direction == "noising" else (other_tokens, base_tokens)
-    )
-    with torch.no_grad():
-        clean_value = float(metric(model(clean_tokens)))
-        corrupted_value = float(metric(model(corrupted_tokens)))
     return PatchResult(
         values=values,
         dims=("layer", "head"),
