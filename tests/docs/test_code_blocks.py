@@ -9,6 +9,9 @@ reads like one session, inside a fresh temporary folder (files they write land t
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,3 +112,29 @@ def test_the_block_reader_sees_markers_and_line_numbers(tmp_path: Path) -> None:
         (16, "bash", None, "ls"),
     ]
     assert [b.code for b in runnable(page)] == ["x = 1", "y = x"]
+
+
+def build_site(root: Path) -> subprocess.CompletedProcess[str]:
+    """`mkdocs build --strict` of the site whose mkdocs.yml lies in `root`, into root/site."""
+    return subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(root / "mkdocs.yml")],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_the_site_builds_and_a_broken_link_or_anchor_fails_it(tmp_path: Path) -> None:
+    pytest.importorskip("mkdocs")
+    shutil.copy(ROOT / "mkdocs.yml", tmp_path / "mkdocs.yml")
+    shutil.copytree(ROOT / "docs", tmp_path / "docs")
+    built = build_site(tmp_path)
+    assert built.returncode == 0, built.stderr
+    assert (tmp_path / "site" / "steering" / "results" / "l6" / "religion.png").is_file()
+    index = tmp_path / "docs" / "index.md"
+    original = index.read_text(encoding="utf-8")
+    for broken in ("[gone](no-such-page.md)", "[gone](sae.md#no-such-anchor)", "![gone](no-such.png)"):
+        index.write_text(original + f"\n{broken}\n", encoding="utf-8")
+        failed = build_site(tmp_path)
+        assert failed.returncode != 0 and "no-such" in failed.stderr, broken
