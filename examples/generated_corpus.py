@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 import rama
 from rama.atomic import write_text
-from rama.data.sources import fetch_debian
+from rama.data.fetch import fetch_debian
 from rama.paths import cache_root
 
 TEMPLATES = [

