@@ -16,6 +16,7 @@ import torch
 import transformers as tf
 
 import rama
+from rama.errors import InputError
 from rama.models import ModelNotFoundError
 from rama.models.loading import BUILTIN_MODELS, MARKER, BuiltinModel, ensure_builtin, models_cache
 
@@ -96,7 +97,7 @@ def test_unsupported_architecture_lists_supported_ones() -> None:
     config = tf.OPTConfig(
         vocab_size=50, hidden_size=16, num_hidden_layers=1, ffn_dim=32, num_attention_heads=2
     )
-    with pytest.raises(ValueError, match=r"no adapter for model_type 'opt'.*gpt2.*llama"):
+    with pytest.raises(InputError, match=r"no adapter for model_type 'opt'.*gpt2.*llama"):
         rama.HookedModel(tf.OPTForCausalLM(config), tokenizer=None)
 
 

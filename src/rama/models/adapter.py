@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from rama.errors import InputError
 from rama.models.config import ModelConfig
 from rama.models.sites import block_prefix
 from rama.models.spec import (
@@ -65,7 +66,7 @@ class Adapter(ABC):
         for path in self.layers_paths:
             if path in names:
                 return path
-        raise ValueError(
+        raise InputError(
             f"{type(self.hf_model).__name__} has none of the block lists {self.layers_paths} "
             f"that the {self.name!r} adapter expects"
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rama.errors import InputError
 from rama.models.adapter import Adapter
 from rama.models.bert import BertAdapter
 from rama.models.gemma import GemmaAdapter
@@ -28,7 +29,7 @@ def adapter_for(hf_model: Any) -> Adapter:
     adapter_class = BY_MODEL_TYPE.get(str(model_type))
     if adapter_class is None:
         supported = ", ".join(sorted(BY_MODEL_TYPE))
-        raise ValueError(
+        raise InputError(
             f"rama has no adapter for model_type {model_type!r} ({type(hf_model).__name__}). "
             f"Supported model types: {supported}. Adding one is a new file in rama/models/ "
             f"plus a line in rama/models/registry.py."
