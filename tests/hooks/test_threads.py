@@ -26,7 +26,9 @@ def add_vector(resid: torch.Tensor, hook: HookPoint) -> torch.Tensor:
 
 
 def jobs(model: HookedModel, tokens: torch.Tensor) -> dict[str, Callable[[], Any]]:
-    """Five different uses of the same model, each returning every tensor it produced."""
+    """Seven different uses of the same HF model, each returning every tensor it produced; one goes
+    through a second `HookedModel` wrapping the same HF model (the lock belongs to the HF model)."""
+    other = HookedModel(model.hf, model.tokenizer)
 
     def patterns() -> list[torch.Tensor]:
         logits, cache = model.run_with_cache(tokens, "blocks.*.attn.hook_pattern")
@@ -45,6 +47,7 @@ def jobs(model: HookedModel, tokens: torch.Tensor) -> dict[str, Callable[[], Any
         "patterns": patterns,
         "nested": nested,
         "plain": lambda: [model(tokens)],
+        "other wrapper": lambda: [other.run_with_hooks(tokens, [("blocks.0.hook_mlp_out", add_vector)])],
         "generate": lambda: [
             model.generate(tokens[:1], 5, fwd_hooks=[("blocks.0.hook_resid_post", add_vector)])
         ],
