@@ -9,7 +9,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from rama.errors import InputError, RamaError
+from rama.errors import ConfigError, InputError, RamaError
 from rama.hooks import HookedModel, HookPoint
 from tiny_models import VOCAB, build, random_tokens
 
@@ -96,3 +96,11 @@ def test_prepend_bos_without_a_bos_token_or_on_tensors_is_an_error() -> None:
         model.to_tokens("w5", prepend_bos=True)
     with pytest.raises(InputError, match="token tensor is used exactly as given"):
         model(random_tokens(), prepend_bos=True)
+
+
+def test_generation_settings_are_checked_before_generating(model: HookedModel) -> None:
+    hooks = [("blocks.0.hook_resid_pre", never_called)]
+    with pytest.raises(ConfigError, match="max_new_tokens must be at least 1, not 0"):
+        model.generate("w5", 0, fwd_hooks=hooks)
+    with pytest.raises(ConfigError, match=r"temperature must be above 0 when sampling, not 0\.0"):
+        model.generate("w5", 3, do_sample=True, temperature=0.0, fwd_hooks=hooks)

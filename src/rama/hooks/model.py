@@ -291,6 +291,10 @@ class HookedModel:
         """
         if not self.cfg.is_causal:
             raise InputError(f"{self.cfg.model_type} is an encoder; it cannot generate")
+        if max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
+        if do_sample and not temperature > 0:
+            raise ConfigError(f"temperature must be above 0 when sampling, not {temperature}")
         batch = self.tokenize(prompt, prepend_bos=prepend_bos, padding_side="left")
         mask = batch.attention_mask if batch.attention_mask is not None else torch.ones_like(batch.tokens)
         options: dict[str, Any] = {"do_sample": do_sample, "max_new_tokens": max_new_tokens}
