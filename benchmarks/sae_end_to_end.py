@@ -25,7 +25,8 @@ import rama
 from rama.atomic import write_text
 from rama.data import iter_documents
 from rama.models.loading import models_cache
-from rama.sae import HarvestConfig, TrainConfig, train
+from rama.activations import HarvestConfig, stream_harvest_tokens
+from rama.sae import TrainConfig, train
 
 
 def corpus_file(folder: Path, n_documents: int = 800) -> Path:
@@ -49,7 +50,10 @@ def run_rama(model: Any, args: Any, work: Path, stream: bool) -> float:
         progress=False,
     )
     harvest = HarvestConfig(
-        tokens=args.tokens + (65_536 if stream else 0), progress=False, batch_size=32, context_size=128
+        tokens=stream_harvest_tokens(args.tokens, 4096) if stream else args.tokens,
+        progress=False,
+        batch_size=32,
+        context_size=128,
     )
     out = work / f"rama-{'stream' if stream else 'memory'}"
     start = time.perf_counter()

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import rama
-from rama.sae import HarvestConfig, TrainConfig, train_many
+from rama.activations import HarvestConfig
+from rama.sae import TrainConfig, train_many
+from rama.sae.runner import Job
 
 # Starting sparsity coefficients; the controller moves them (measured starting points on this site).
 START_COEFFICIENT = {"standard": 5.0, "jumprelu": 10.0, "gated": 4.0}
@@ -96,7 +98,7 @@ def main() -> None:
         for arch, config in configs(args.tokens, args.width, args.l0, args.rate).items()
         if arch in args.archs.split(",")
     }
-    jobs = [(site, None, config, out / arch) for arch, config in chosen.items()]
+    jobs = [Job(site, out / arch, config) for arch, config in chosen.items()]
     trained = train_many(model, jobs, harvest_config=HarvestConfig(tokens=args.tokens, dtype="float16"), eval_tokens=args.eval_tokens)  # fmt: skip
     results = {}
     for arch, (sae, metrics) in zip(chosen, trained, strict=True):

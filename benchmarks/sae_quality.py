@@ -13,7 +13,8 @@ import json
 from pathlib import Path
 
 import rama
-from rama.sae import HarvestConfig, TrainConfig, train
+from rama.activations import HarvestConfig
+from rama.sae import TrainConfig, train
 
 
 def plot_curve(folder: Path, title: str) -> None:

@@ -20,7 +20,8 @@ from typing import Any
 import torch
 
 import rama
-from rama.sae import HarvestConfig, fit, harvest
+from rama.activations import HarvestConfig, harvest
+from rama.sae import fit
 
 Step = Callable[[torch.Tensor, int], None]
 Reconstruct = Callable[[torch.Tensor], torch.Tensor]

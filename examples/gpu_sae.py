@@ -33,7 +33,8 @@ import torch
 import rama
 from rama.data.corpus import builtin_corpus
 from rama.models.loading import BUILTIN_MODELS, convert_gguf, ensure_builtin, locate_package_member
-from rama.sae import SAE, HarvestConfig, TrainConfig, fit, harvest
+from rama.activations import HarvestConfig, harvest
+from rama.sae import SAE, TrainConfig, fit
 from rama.sae.runner import sae_metadata, save_evaluated
 
 PART_BYTES = 15 * 2**20  # files come back from the machine in pieces of at most 16 MiB

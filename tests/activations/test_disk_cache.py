@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rama.sae import HarvestConfig, TrainConfig, fit, harvest, train
-from rama.sae.disk import CacheMismatchError, DiskActivations, cache_activations
+from rama.activations import CacheMismatchError, DiskActivations, HarvestConfig, cache_activations, harvest
+from rama.sae import TrainConfig, fit, train
 
 SITES = ["blocks.1.hook_resid_post", "blocks.1.hook_mlp_out"]
 CONFIG = HarvestConfig(tokens=8 * 32 * 6, batch_size=8, context_size=32, progress=False)
@@ -99,7 +99,7 @@ def test_training_from_the_cache_uses_each_row_once_per_pass_and_is_reproducible
 
 
 def test_a_second_training_run_reuses_the_cache(smollm: Any, tmp_path: Path) -> None:
-    config = TrainConfig(
+    config = TrainConfig.create(
         architecture="topk", d_sae=64, k=4, batch_size=64, total_tokens=64 * 20, progress=False
     )
     first, first_metrics = train(
@@ -119,7 +119,9 @@ def test_a_second_training_run_reuses_the_cache(smollm: Any, tmp_path: Path) -> 
 
 
 def test_streaming_refuses_to_harvest_fewer_tokens_than_it_trains_on(smollm: Any, tmp_path: Path) -> None:
-    config = TrainConfig(architecture="topk", d_sae=64, k=4, batch_size=64, total_tokens=4096, progress=False)
+    config = TrainConfig.create(
+        architecture="topk", d_sae=64, k=4, batch_size=64, total_tokens=4096, progress=False
+    )
     with pytest.raises(ValueError, match=r"harvest_config.tokens \(1,024\) must be at least total_tokens"):
         train(
             smollm,

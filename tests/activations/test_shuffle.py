@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import torch
 
-from rama.sae.stream import Prefetcher, ShuffleBuffer
+from rama.activations import Prefetcher, ShuffleBuffer
 
 
 def chunks(n: int, size: int) -> Iterator[dict[str, torch.Tensor]]:

@@ -109,8 +109,9 @@ def demo_sae(model: Any, config: DemoConfig, out: Path, batches: list[torch.Tens
 
     from safetensors.torch import load_file
 
+    from rama.activations import HarvestConfig
     from rama.features import top_activations
-    from rama.sae import HarvestConfig, TrainConfig, train
+    from rama.sae import TrainConfig, train
 
     folder = out / "sae"
     shutil.rmtree(folder, ignore_errors=True)  # the demo's own output from an earlier run

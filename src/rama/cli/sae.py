@@ -102,7 +102,8 @@ def parse_matryoshka_widths(options: SAETrainOptions) -> list[int] | None:
 
 def run_train(options: SAETrainOptions) -> int:
     from rama import load
-    from rama.sae import HarvestConfig, TrainConfig, train
+    from rama.activations import HarvestConfig, stream_harvest_tokens
+    from rama.sae import TrainConfig, train
     from rama.sae.training import check_device
 
     config = TrainConfig(
@@ -131,7 +132,9 @@ def run_train(options: SAETrainOptions) -> int:
             f"--harvest-tokens {options.harvest_tokens} < --tokens {options.tokens}: epochs over activations in memory"
         )
     streaming = options.stream and options.activation_cache is None and not epochs
-    default_harvest = options.tokens + 262_144 if streaming else options.tokens
+    default_harvest = (
+        stream_harvest_tokens(options.tokens, options.batch_size) if streaming else options.tokens
+    )
     harvest_config = HarvestConfig(tokens=options.harvest_tokens or default_harvest, seed=options.seed)
     _, metrics = train(
         model,
@@ -152,7 +155,8 @@ def run_train(options: SAETrainOptions) -> int:
 
 def run_eval(options: SAEEvalOptions) -> int:
     from rama import load
-    from rama.sae import SAE, HarvestConfig, evaluate
+    from rama.activations import HarvestConfig
+    from rama.sae import SAE, evaluate
 
     sae = SAE.load(options.folder)
     model_name = options.model or sae.cfg.model_name

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
+from rama.activations import keep_mask
 from rama.hooks.core import HookPoint
 from rama.hooks.model import HookedModel
 from rama.hooks.tokens import Batch
 from rama.sae.base import SAE
-from rama.sae.harvest import keep_mask
 
 
 @dataclass(frozen=True)

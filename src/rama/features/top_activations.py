@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import torch
 
+from rama.activations import keep_mask
 from rama.hooks.model import HookedModel
 from rama.sae.base import SAE
-from rama.sae.harvest import keep_mask
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,10 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
+from rama.activations import HarvestConfig, batches_with_activations, keep_mask
 from rama.hooks.core import HookPoint
 from rama.hooks.model import HookedModel
 from rama.sae.base import SAE
-from rama.sae.harvest import HarvestConfig, batches_with_activations, keep_mask
 
 
 def reconstruction_metrics(sae: SAE, x: torch.Tensor, target: torch.Tensor | None = None) -> dict[str, Any]:

@@ -1,7 +1,10 @@
-"""From text to a trained, evaluated SAE: harvest once, train one SAE per (site, config), evaluate.
+"""From text to a trained, evaluated SAE: harvest, train one SAE per job, save it, then evaluate.
 
 An output folder holds `cfg.json` + `sae_weights.safetensors` (SAELens v6 layout), `sparsity.safetensors`,
 `metrics.json`, `metrics.jsonl` (training curve), `train_config.json`; `checkpoint/` while training.
+Trained work is never thrown away: the SAE is saved before it is evaluated, so a failed or
+interrupted evaluation leaves it on disk (`rama sae eval` evaluates it later). One process writes
+an output folder at a time (`<out>.lock` beside it); the folders are checked before any work.
 """
 
 from __future__ import annotations
@@ -10,31 +13,166 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, replace
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import torch
-
+from rama.activations import (
+    BatchSource,
+    DiskActivations,
+    HarvestConfig,
+    StreamingBatches,
+    TensorBatches,
+    cache_activations,
+    harvest,
+    stream_buffer_tokens,
+    stream_harvest_tokens,
+)
 from rama.atomic import write_text
+from rama.errors import ConfigError, OutputError
 from rama.hooks.model import HookedModel
+from rama.locking import exclusive
 from rama.sae.base import SAE
-from rama.sae.disk import DiskActivations, cache_activations
 from rama.sae.evaluate import evaluate
-from rama.sae.harvest import HarvestConfig, harvest
-from rama.sae.stream import StreamingBatches
-from rama.sae.training import BatchSource, TrainConfig, fit
+from rama.sae.training import TrainConfig, fit
+
+SourceKind = Literal["memory", "stream", "disk"]
 
 
-class OutputExistsError(FileExistsError):
-    pass
+class OutputExistsError(OutputError):
+    """The output folder already holds a trained SAE or other files."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One SAE (or transcoder `site -> site_out`) to train, and the folder it is written to."""
+
+    site: str
+    out: Path
+    config: TrainConfig = field(default_factory=TrainConfig)
+    site_out: str | None = None
+
+
+@dataclass(frozen=True)
+class DataPlan:
+    """How activations reach training, decided once by `plan_data`."""
+
+    kind: SourceKind  # "memory": harvest, then epochs; "stream": harvest while training; "disk": cache
+    harvest: HarvestConfig
+    corpus: str | Path | None = None
+    cache: Path | None = None  # the activation-cache folder when kind == "disk"
+
+
+@dataclass
+class Prepared:
+    """A job with its batch source, and what preparing the source cost."""
+
+    job: Job
+    source: BatchSource
+    wait_seconds: float  # spent before training could start (harvest, cache build, stream sample)
+    harvested_tokens: int = 0  # rows harvested for it (a stream counts its own while training)
+    harvest_seconds: float = 0.0
 
 
 def check_output(out: Path) -> None:
+    """Refuse, before any work, an output that cannot take a new SAE: a file, a folder that holds a
+    trained SAE or other files (an unfinished run's `checkpoint/` is fine: training resumes it),
+    or a place that cannot be written."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{str(out)!r} is a file, not a folder; choose another --out")
     if (out / "cfg.json").exists():
         raise OutputExistsError(
-            f"{str(out)!r} already holds a trained SAE; choose another --out or delete it first"
+            f"{str(out)!r} already holds a trained SAE (`rama sae eval` evaluates it); "
+            "choose another --out or delete it first"
         )
+    others = sorted(p.name for p in out.iterdir() if p.name != "checkpoint") if out.is_dir() else []
+    if others:
+        raise OutputExistsError(
+            f"{str(out)!r} already holds files ({', '.join(others[:4])}); choose another --out or remove them"
+        )
+    existing = next(p for p in [out, *out.absolute().parents] if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write {str(out)!r}: {str(existing)!r} is not writable")
+
+
+def plan_data(
+    jobs: list[Job],
+    *,
+    stream: bool = False,
+    activation_cache: str | Path | None = None,
+    harvest_config: HarvestConfig | None = None,
+    corpus: str | Path | None = None,
+) -> DataPlan:
+    """The one place that decides where training batches come from, and how many tokens to harvest.
+
+    - `activation_cache=DIR`: harvest into sharded files in DIR once (or reuse what an earlier run
+      with the same model weights, corpus and harvest settings left there); train from them.
+    - `stream=True`: harvest in a background thread into a shuffle buffer while training; each
+      activation is used once, so it needs at least `total_tokens`; memory stays flat.
+    - otherwise: harvest everything into memory first, then train in seeded epochs over it.
+    """
+    total = max(job.config.total_tokens for job in jobs)
+    batch = max(job.config.batch_size for job in jobs)
+    if activation_cache is not None:
+        kind: SourceKind = "disk"
+    else:
+        kind = "stream" if stream else "memory"
+    default_tokens = stream_harvest_tokens(total, batch) if kind == "stream" else total
+    harvest_config = harvest_config or HarvestConfig(tokens=default_tokens)
+    if kind == "stream" and harvest_config.tokens < total:
+        raise ConfigError(
+            f"stream=True uses each activation once, so harvest_config.tokens "
+            f"({harvest_config.tokens:,}) must be at least total_tokens ({total:,}); "
+            "for epochs over fewer tokens, train with stream=False or activation_cache=DIR"
+        )
+    cache = None if activation_cache is None else Path(activation_cache)
+    return DataPlan(kind, harvest_config, corpus, cache)
+
+
+def open_sources(model: HookedModel, jobs: list[Job], plan: DataPlan) -> list[Prepared]:
+    """Every job's batch source, as `plan` says (one harvest or one cache serves all jobs)."""
+    sites = sorted({s for job in jobs for s in (job.site, job.site_out) if s}, key=model.sites.index)
+    if plan.kind == "stream":
+        return [stream_source(model, job, plan) for job in jobs]
+    start = time.perf_counter()
+    if plan.kind == "disk":
+        assert plan.cache is not None
+        rows = cache_activations(model, sites, plan.cache, plan.harvest, plan.corpus)["tokens"]
+        seconds = time.perf_counter() - start
+        sources: list[BatchSource] = [
+            DiskActivations(plan.cache, job.site, job.site_out, job.config.batch_size, seed=job.config.seed)
+            for job in jobs
+        ]
+    else:
+        acts = harvest(model, sites, plan.harvest, plan.corpus)
+        seconds = time.perf_counter() - start
+        rows = acts[sites[0]].shape[0]
+        sources = [
+            TensorBatches(
+                acts[job.site], acts.get(job.site_out or ""), job.config.batch_size, job.config.seed
+            )
+            for job in jobs
+        ]
+    return [Prepared(job, source, seconds, rows, seconds) for job, source in zip(jobs, sources, strict=True)]
+
+
+def stream_source(model: HookedModel, job: Job, plan: DataPlan) -> Prepared:
+    """A stream for one job, its shuffle buffer no bigger than the run needs."""
+    start = time.perf_counter()
+    buffer = stream_buffer_tokens(job.config.total_tokens, job.config.batch_size)
+    source = StreamingBatches(
+        model,
+        job.site,
+        job.site_out,
+        plan.harvest,
+        job.config.batch_size,
+        buffer,
+        plan.corpus,
+        job.config.seed,
+    )
+    return Prepared(job, source, time.perf_counter() - start)
 
 
 def train(
@@ -50,102 +188,81 @@ def train(
     stream: bool = False,
     activation_cache: str | Path | None = None,
 ) -> tuple[SAE, dict[str, Any]]:
-    """Train one SAE (or transcoder `site -> site_out`) on the model's activations and evaluate it.
-
-    `stream=True` harvests in a background thread into a shuffle buffer while training: memory stays
-    flat however many tokens are used. `activation_cache=DIR` harvests into sharded files in DIR (or
-    reuses what an earlier run with the same model, corpus and harvest settings left there) and trains
-    from them, also with flat memory. Otherwise activations are harvested first, in memory.
-    """
-    config = config or TrainConfig()
-    if activation_cache is not None:
-        return _train_from_cache(
-            model, site, site_out, Path(out), config, corpus, harvest_config, eval_tokens, activation_cache
-        )
-    if stream:
-        out = Path(out)
-        check_output(out)
-        harvest_config = harvest_config or HarvestConfig(tokens=config.total_tokens + 262_144)
-        if harvest_config.tokens < config.total_tokens:
-            raise ValueError(
-                f"stream=True uses each activation once, so harvest_config.tokens "
-                f"({harvest_config.tokens:,}) must be at least total_tokens ({config.total_tokens:,}); "
-                "for epochs over fewer tokens, train with stream=False or activation_cache=DIR"
-            )
-        source = StreamingBatches(
-            model, site, site_out, harvest_config, config.batch_size, corpus=corpus, seed=config.seed
-        )
-        return _train_one(
-            model, source, None, site, site_out, config, out, corpus, harvest_config, eval_tokens, 0.0
-        )
+    """Train one SAE (or transcoder `site -> site_out`) on the model's activations, save it, and
+    evaluate it on held-out text. Where the activations come from: see `plan_data`."""
     [result] = train_many(
         model,
-        [(site, site_out, config or TrainConfig(), Path(out))],
+        [Job(site, Path(out), config or TrainConfig(), site_out)],
         corpus=corpus,
         harvest_config=harvest_config,
         eval_tokens=eval_tokens,
+        stream=stream,
+        activation_cache=activation_cache,
     )
     return result
 
 
-def _train_from_cache(
-    model: HookedModel,
-    site: str,
-    site_out: str | None,
-    out: Path,
-    config: TrainConfig,
-    corpus: str | Path | None,
-    harvest_config: HarvestConfig | None,
-    eval_tokens: int,
-    folder: str | Path,
-) -> tuple[SAE, dict[str, Any]]:
-    check_output(out)
-    harvest_config = harvest_config or HarvestConfig(tokens=config.total_tokens)
-    start = time.perf_counter()
-    manifest = cache_activations(model, [s for s in (site, site_out) if s], folder, harvest_config, corpus)
-    harvest_seconds = time.perf_counter() - start
-    source = DiskActivations(folder, site, site_out, config.batch_size, seed=config.seed)
-    return _train_one(
-        model, source, None, site, site_out, config, out, corpus, harvest_config, eval_tokens, harvest_seconds,
-        harvested_tokens=manifest["tokens"],
-    )  # fmt: skip
-
-
 def train_many(
     model: HookedModel,
-    jobs: list[tuple[str, str | None, TrainConfig, Path]],
+    jobs: list[Job],
     *,
     corpus: str | Path | None = None,
     harvest_config: HarvestConfig | None = None,
     eval_tokens: int = 16_384,
+    stream: bool = False,
+    activation_cache: str | Path | None = None,
 ) -> list[tuple[SAE, dict[str, Any]]]:
-    """Several SAEs (sites, widths, sparsities) from one pass over the model."""
-    for _, _, _, out in jobs:
-        check_output(out)
-    sites = sorted({s for site, site_out, _, _ in jobs for s in (site, site_out) if s}, key=model.sites.index)
-    tokens = max(config.total_tokens for _, _, config, _ in jobs)
-    harvest_config = harvest_config or HarvestConfig(tokens=tokens)
+    """Several SAEs (sites, widths, sparsities) from one harvest or cache (a stream per job)."""
+    if len({job.out.absolute() for job in jobs}) != len(jobs):
+        raise ConfigError("two jobs write the same output folder; give each its own")
+    for job in jobs:
+        check_output(job.out)
+    plan = plan_data(jobs, stream=stream, activation_cache=activation_cache,
+                     harvest_config=harvest_config, corpus=corpus)  # fmt: skip
+    with ExitStack() as locks:
+        for job in jobs:
+            locks.enter_context(exclusive(job.out))
+            check_output(job.out)  # again, now that no other process can be writing it
+        return [
+            train_prepared(model, prepared, plan, eval_tokens) for prepared in open_sources(model, jobs, plan)
+        ]
+
+
+def train_prepared(
+    model: HookedModel, prepared: Prepared, plan: DataPlan, eval_tokens: int
+) -> tuple[SAE, dict[str, Any]]:
+    """Train one job from its source, save the SAE, then evaluate it (with a progress bar)."""
+    job, source = prepared.job, prepared.source
+    config = replace(job.config, checkpoint_dir=str(job.out / "checkpoint"))
+    meta = sae_metadata(model.cfg.name, job.site, job.site_out, plan.harvest)
     start = time.perf_counter()
-    acts = harvest(model, sites, harvest_config, corpus)
-    harvest_seconds = time.perf_counter() - start
-    results = []
-    for site, site_out, config, out in jobs:
-        results.append(
-            _train_one(
-                model,
-                acts[site],
-                acts[site_out] if site_out else None,
-                site,
-                site_out,
-                config,
-                out,
-                corpus,
-                harvest_config,
-                eval_tokens,
-                harvest_seconds,
-            )
-        )
-    return results
+    sae = fit(source, config=config, metadata=meta)
+    train_seconds = time.perf_counter() - start
+    save_trained(sae, job.out, config)
+    trained_tokens = config.total_steps() * config.batch_size
+    harvested, harvest_seconds = prepared.harvested_tokens, prepared.harvest_seconds
+    if isinstance(source, StreamingBatches):  # harvested while training: count what it really did
+        harvested, harvest_seconds = source.harvested_tokens, source.harvest_seconds
+    timing = {
+        "tokens": trained_tokens,
+        "harvested_tokens": harvested,
+        "tokens_per_s": trained_tokens / (prepared.wait_seconds + train_seconds),
+        "harvest_seconds": harvest_seconds,
+        "train_seconds": train_seconds,
+        "data": plan.kind,
+    }
+    eval_config = replace(plan.harvest, tokens=eval_tokens, split="test", progress=config.progress)
+    return sae, record_evaluation(sae, model, job.out, eval_config, plan.corpus, timing)
+
+
+def save_trained(sae: SAE, out: Path, config: TrainConfig) -> None:
+    """Save the SAE, its training config and curve; the checkpoint is no longer needed."""
+    sae.save(out)
+    write_text(out / "train_config.json", json.dumps(asdict(config), indent=2))
+    finished = out / "checkpoint"
+    if (finished / "metrics.jsonl").exists():
+        os.replace(finished / "metrics.jsonl", out / "metrics.jsonl")
+    shutil.rmtree(finished, ignore_errors=True)
 
 
 def sae_metadata(
@@ -162,7 +279,7 @@ def sae_metadata(
     }
 
 
-def save_evaluated(
+def record_evaluation(
     sae: SAE,
     model: HookedModel,
     out: Path,
@@ -170,7 +287,7 @@ def save_evaluated(
     corpus: str | Path | None,
     extra: dict[str, Any],
 ) -> dict[str, Any]:
-    """Evaluate on held-out text, then save the SAE (with its measured density) and metrics.json."""
+    """Evaluate an already saved SAE on held-out text; add its measured density and metrics.json."""
     metrics = evaluate(sae, model, corpus=corpus, config=eval_config)
     density = metrics.pop("log10_density")
     metrics |= extra
@@ -179,39 +296,14 @@ def save_evaluated(
     return metrics
 
 
-def _train_one(
+def save_evaluated(
+    sae: SAE,
     model: HookedModel,
-    inputs: torch.Tensor | BatchSource,
-    targets: torch.Tensor | None,
-    site: str,
-    site_out: str | None,
-    config: TrainConfig,
     out: Path,
+    eval_config: HarvestConfig,
     corpus: str | Path | None,
-    harvest_config: HarvestConfig,
-    eval_tokens: int,
-    harvest_seconds: float,
-    harvested_tokens: int | None = None,
-) -> tuple[SAE, dict[str, Any]]:
-    config = replace(config, checkpoint_dir=str(out / "checkpoint"))
-    meta = sae_metadata(model.cfg.name, site, site_out, harvest_config)
-    start = time.perf_counter()
-    sae = fit(inputs, targets, config=config, metadata=meta)
-    train_seconds = time.perf_counter() - start
-    trained_tokens = config.total_steps() * config.batch_size
-    eval_config = replace(harvest_config, tokens=eval_tokens, split="test", progress=False)
-    timing = {
-        "tokens": trained_tokens,
-        "harvested_tokens": harvested_tokens
-        or int(inputs.shape[0] if isinstance(inputs, torch.Tensor) else trained_tokens),
-        "tokens_per_s": trained_tokens / (harvest_seconds + train_seconds),
-        "harvest_seconds": harvest_seconds,
-        "train_seconds": train_seconds,
-    }
-    metrics = save_evaluated(sae, model, out, eval_config, corpus, timing)
-    write_text(out / "train_config.json", json.dumps(asdict(config), indent=2))
-    finished = out / "checkpoint"
-    if (finished / "metrics.jsonl").exists():
-        os.replace(finished / "metrics.jsonl", out / "metrics.jsonl")
-    shutil.rmtree(finished, ignore_errors=True)
-    return sae, metrics
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """Save the SAE first (so a failed evaluation keeps it), then evaluate it and record the metrics."""
+    sae.save(out)
+    return record_evaluation(sae, model, out, eval_config, corpus, extra)

@@ -15,11 +15,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
+from rama.activations import STATS_SAMPLE_TOKENS, BatchSource, TensorBatches
 from rama.atomic import write_text
 from rama.sae.base import SAE, SAEConfig, TrainState, sae_class
 from rama.sae.matryoshka import WIDTHS_KEY
@@ -86,43 +87,6 @@ def mean_square_scale(data: torch.Tensor) -> float:
     return math.sqrt(data.shape[-1] / data.pow(2).sum(-1).mean().clamp_min(1e-12).item())
 
 
-class BatchSource(Protocol):
-    """Where training batches come from. `inputs`/`targets` are (at least) a sample for statistics."""
-
-    inputs: torch.Tensor
-    targets: torch.Tensor | None
-
-    def from_step(self, step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
-
-
-class TensorBatches:
-    """Seeded epochs over in-memory activations; step s always yields the same batch."""
-
-    def __init__(
-        self, inputs: torch.Tensor, targets: torch.Tensor | None, batch_size: int, seed: int
-    ) -> None:
-        if inputs.ndim != 2:
-            raise ValueError(f"activations must be [n, d_in]; got shape {tuple(inputs.shape)}")
-        if targets is not None and targets.shape[0] != inputs.shape[0]:
-            raise ValueError(f"targets have {targets.shape[0]} rows but activations have {inputs.shape[0]}")
-        if inputs.shape[0] < batch_size:
-            raise ValueError(f"{inputs.shape[0]} activations are fewer than one batch of {batch_size}")
-        self.inputs, self.targets, self.batch_size, self.seed = inputs, targets, batch_size, seed
-        self.per_epoch = inputs.shape[0] // batch_size
-
-    def from_step(self, step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order_epoch, order = -1, torch.empty(0, dtype=torch.long)
-        while True:
-            epoch, offset = divmod(step, self.per_epoch)
-            if epoch != order_epoch:  # one permutation per epoch (of 6 M rows it takes ~0.2 s)
-                generator = torch.Generator().manual_seed(self.seed + epoch)
-                order_epoch, order = epoch, torch.randperm(self.inputs.shape[0], generator=generator)
-            rows = order[offset * self.batch_size : (offset + 1) * self.batch_size].to(self.inputs.device)
-            x = self.inputs[rows].float()
-            yield x, (x if self.targets is None else self.targets[rows.to(self.targets.device)].float())
-            step += 1
-
-
 def build_sae(config: TrainConfig, d_in: int, d_out: int | None, meta: dict[str, Any]) -> SAE:
     cfg = SAEConfig(
         d_in=d_in,
@@ -182,7 +146,7 @@ def check_device(name: str) -> torch.device:
 
 def init_run(config: TrainConfig, data: BatchSource, meta: dict[str, Any]) -> Run:
     device = check_device(config.device)
-    sample_x = data.inputs[: min(len(data.inputs), 65536)].to(device).float()
+    sample_x = data.inputs[: min(len(data.inputs), STATS_SAMPLE_TOKENS)].to(device).float()
     sample_y = sample_x if data.targets is None else data.targets[: len(sample_x)].to(device).float()
     scale_in = mean_square_scale(sample_x) if config.normalize else 1.0
     scale_out = mean_square_scale(sample_y) if config.normalize and data.targets is not None else scale_in
@@ -261,7 +225,7 @@ def fit(
     **overrides: Any,
 ) -> SAE:
     """Train an SAE on `activations [n, d_in]` (a transcoder when `targets [n, d_out]` is given), or
-    on a streaming `BatchSource` (see `rama.sae.stream.StreamingBatches`).
+    on a streaming `BatchSource` (see `rama.activations.StreamingBatches`).
 
     `fit(acts, architecture="topk", d_sae=4096, k=32, total_tokens=2_000_000)`; keyword overrides
     apply on top of `config`. The returned SAE works on raw (unscaled) activations, in eval mode.
@@ -277,7 +241,7 @@ def fit(
     if checkpoint is not None and checkpoint.exists():
         load_checkpoint(run, checkpoint)
     run_steps(run, data, config, checkpoint)
-    return finish(run, data.inputs[:65536].float())
+    return finish(run, data.inputs[:STATS_SAMPLE_TOKENS].float())
 
 
 def run_steps(run: Run, data: BatchSource, config: TrainConfig, checkpoint: Path | None) -> None:
@@ -285,8 +249,8 @@ def run_steps(run: Run, data: BatchSource, config: TrainConfig, checkpoint: Path
     if metrics_path is not None:
         metrics_path.parent.mkdir(parents=True, exist_ok=True)
         trim_metrics(metrics_path, run.state.step)
+    batches = data.from_step(run.state.step)  # before the bar: a stream fills its buffer here
     bar = tqdm(total=run.state.total_steps, initial=run.state.step, disable=not config.progress, unit="step")
-    batches = data.from_step(run.state.step)
     try:
         _steps(run, batches, config, bar, checkpoint, metrics_path)
     finally:
