@@ -8,6 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from rama.atomic import staged_file
+from rama.errors import RamaError
+
+
+class MissingExtraError(RamaError, ImportError):
+    """An optional dependency is not installed; the message names the extra that brings it."""
 
 
 def pyplot() -> Any:
@@ -18,7 +23,7 @@ def pyplot() -> Any:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as error:
-        raise ImportError("figures need matplotlib: pip install 'rama-interp[plot]'") from error
+        raise MissingExtraError("figures need matplotlib: pip install 'rama-interp[plot]'") from error
     return plt
 
 

@@ -10,12 +10,14 @@ import torch
 from transformers import GPT2LMHeadModel
 
 import rama
-from rama.toys import pretrained
+from rama.errors import ConfigError
+from rama.toys import build, pretrained
 from rama.toys.induction import (
     InductionTask,
     ablated_loss,
     attention_scores,
     composition_scores,
+    induction_ground_truth,
     train_induction,
 )
 from rama.toys.toy_transformer import TrainSchedule, load_ground_truth, masked_next_token_loss
@@ -79,6 +81,21 @@ def test_ground_truth_file_matches_the_shipped_weights(held_out: tuple[torch.Ten
     assert float(k_by_writer[writer]) > 1.5 * float(composition["q"][writer, readers].mean())
 
 
+def test_the_librarys_scores_and_ablations_reproduce_the_shipped_ground_truth() -> None:
+    """The ground truth is now computed by `rama.circuits.head_scores` and `rama.interventions.ablation`;
+    on the held-out batch training used (seed 0) it must give the numbers shipped with the weights."""
+    model = GPT2LMHeadModel.from_pretrained(pretrained("induction-2l")).eval()
+    truth = load_ground_truth(pretrained("induction-2l"))
+    task = InductionTask()
+    again = induction_ground_truth(model, task, task.batch(256, torch.Generator().manual_seed(10_000)))
+    assert again["heads"] == truth["heads"]
+    for key in ("previous_token_score", "induction_score", "single_head_ablation_loss_increase"):
+        torch.testing.assert_close(torch.tensor(again[key]), torch.tensor(truth[key]), atol=1e-5, rtol=0)
+    for key in ("role_ablation_loss_increase", "other_heads_ablation_loss_increase"):
+        for role, value in truth[key].items():
+            assert again[key][role] == pytest.approx(value, abs=1e-5)
+
+
 def test_rama_opens_the_toy_with_every_site(held_out: tuple[torch.Tensor, torch.Tensor]) -> None:
     model = rama.load(pretrained("induction-2l"))
     assert model.cfg.n_layers == 2 and model.cfg.d_vocab == 68
@@ -113,5 +130,7 @@ def test_shipped_curve_shows_the_phase_change() -> None:
 
 
 def test_impossible_task_settings_are_refused() -> None:
-    with pytest.raises(ValueError, match="max_repeat"):
+    with pytest.raises(ConfigError, match="max_repeat"):
         InductionTask(seq_len=20, max_repeat=12)
+    with pytest.raises(ConfigError, match="unknown toy 'induction-3l'"):
+        build("induction-3l", "unused")

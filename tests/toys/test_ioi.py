@@ -7,8 +7,11 @@ import pytest
 import torch
 
 import rama
+from rama.errors import ConfigError
+from rama.models.sites import block_site
 from rama.toys import pretrained
 from rama.toys.ioi import TEMPLATES, IOITask, accuracy, logit_difference
+from rama.toys.ioi_circuit import ioi_ground_truth
 from rama.toys.toy_transformer import load_ground_truth
 
 
@@ -74,7 +77,7 @@ def test_named_heads_carry_the_behaviour(toy: rama.HookedModel) -> None:
                 z[:, :, chosen] = 0
                 return z
 
-            hooks.append((f"blocks.{layer}.attn.hook_z", zero))
+            hooks.append((block_site(layer, "attn.hook_z"), zero))
         with torch.no_grad():
             return float(logit_difference(toy.run_with_hooks(tokens, hooks), prompts, toy.tokenizer).mean())
 
@@ -87,8 +90,26 @@ def test_named_heads_carry_the_behaviour(toy: rama.HookedModel) -> None:
     assert zero_heads(circuit) < zero_heads(control)  # more than as many other heads
 
 
+@pytest.mark.slow
+def test_the_librarys_scores_and_ablations_reproduce_the_shipped_ground_truth(toy: rama.HookedModel) -> None:
+    """Attention scores from `rama.circuits.head_scores`, per-template mean ablation from
+    `rama.interventions.ablation`: on the 1,024 test prompts training used, the shipped numbers."""
+    truth = load_ground_truth(pretrained("ioi"))
+    task = IOITask()
+    prompts = task.prompts(1024, "test", torch.Generator().manual_seed(20_000))
+    again = ioi_ground_truth(toy.hf, toy.tokenizer, task, prompts)
+    assert again["heads"] == truth["heads"]
+    assert again["logit_difference"] == pytest.approx(truth["logit_difference"], abs=1e-4)
+    for key in ("direct_effect", "mean_ablation_effect"):
+        torch.testing.assert_close(torch.tensor(again[key]), torch.tensor(truth[key]), atol=1e-4, rtol=0)
+    for name, scores in truth["attention"].items():
+        torch.testing.assert_close(
+            torch.tensor(again["attention"][name]), torch.tensor(scores), atol=1e-5, rtol=0
+        )
+
+
 def test_bad_task_settings_are_refused() -> None:
-    with pytest.raises(ValueError, match="test_fraction"):
+    with pytest.raises(ConfigError, match="test_fraction"):
         IOITask(test_fraction=1.0)
-    with pytest.raises(ValueError, match="split"):
+    with pytest.raises(ConfigError, match="split"):
         IOITask().name_pairs("validation")

@@ -1,6 +1,9 @@
 """Scores that name attention heads by what they attend to (Olsson et al. 2022 style).
 
-Both read `hook_pattern` through streaming hooks that reduce on the fly, so no pattern is cached.
+The pattern-level scores take `pattern [*lead, batch, head, q, k]` (one layer's `hook_pattern`, or
+a stack of layers in front) and return `[*lead, head]`, so the toys' ground truth and the model-level
+scores below share one definition. The model-level scores read `hook_pattern` through streaming
+hooks that reduce on the fly, so no pattern is cached.
 """
 
 from __future__ import annotations
@@ -12,11 +15,46 @@ import torch
 from rama.hooks.core import HookPoint
 from rama.hooks.model import HookedModel
 
+PATTERN_SITES = "blocks.*.attn.hook_pattern"
 
-def _offset_diagonal_mean(pattern: torch.Tensor, offset: int, start: int) -> torch.Tensor:
-    """Mean over batch and query positions >= start of pattern[q, q - offset]: `[head]`."""
-    diagonal = pattern.diagonal(offset=-offset, dim1=-2, dim2=-1)  # [batch, head, pos - offset]
-    return diagonal[..., max(0, start - offset) :].mean(dim=(0, 2))
+
+def _masked_query_mean(per_query: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+    """`[*lead, head]`: mean of `per_query [*lead, batch, head, q]` over the set `queries [batch, q]`."""
+    weights = queries.to(per_query.dtype)[:, None, :]  # [batch, 1, q]
+    return (per_query * weights).sum(dim=(-3, -1)) / weights.sum().clamp_min(1.0)
+
+
+def previous_token_score(
+    pattern: torch.Tensor, queries: torch.Tensor | None = None, start: int = 1
+) -> torch.Tensor:
+    """`[*lead, head]`: mean attention from each query position q >= `start` (and where
+    `queries [batch, q]` is set, e.g. not padding) to position q − 1."""
+    batch, n = pattern.shape[-4], pattern.shape[-2]
+    diagonal = pattern.diagonal(offset=-1, dim1=-2, dim2=-1)  # [*lead, batch, head, q - 1]: q = i + 1
+    keep = (torch.arange(1, n) >= start).expand(batch, n - 1)
+    if queries is not None:
+        keep = keep & queries[:, 1:].bool()
+    return _masked_query_mean(diagonal, keep)
+
+
+def induction_score(pattern: torch.Tensor, tokens: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+    """`[*lead, head]`: over the query positions set in `queries [batch, q]`, the attention mass
+    on keys k <= q whose previous token equals the query's token (where an induction head looks:
+    just after the token's earlier occurrence); `tokens [batch, q]` are the run's token ids."""
+    matches = tokens[:, None, :-1] == tokens[:, 1:, None]  # [batch, q - 1, k - 1]: token[k-1] == token[q]
+    causal = torch.ones(matches.shape[1], matches.shape[2], dtype=torch.bool).tril()
+    targets = torch.zeros(tokens.shape[0], tokens.shape[1], tokens.shape[1], dtype=torch.bool)
+    targets[:, 1:, 1:] = matches & causal  # [batch, q, k]
+    mass = (pattern * targets[:, None]).sum(-1)  # [*lead, batch, head, q]
+    return _masked_query_mean(mass, queries)
+
+
+def attention_between(pattern: torch.Tensor, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """`[*lead, head]`: mean over the batch of the attention from position `queries[b]` to position
+    `keys[b]` (one named position per prompt, e.g. END → IO in IOI)."""
+    rows = torch.arange(pattern.shape[-4])
+    by_row = pattern.movedim(-3, -1)  # [*lead, batch, q, k, head]
+    return by_row[..., rows, queries, keys, :].mean(-2)
 
 
 def previous_token_scores(model: HookedModel, batches: Iterable[torch.Tensor]) -> torch.Tensor:
@@ -27,9 +65,9 @@ def previous_token_scores(model: HookedModel, batches: Iterable[torch.Tensor]) -
     def accumulate(pattern: torch.Tensor, hook: HookPoint) -> None:
         layer = hook.layer()
         assert layer is not None
-        total[layer] += _offset_diagonal_mean(pattern.float(), 1, 1).cpu()
+        total[layer] += previous_token_score(pattern.float()).cpu()
 
-    with torch.no_grad(), model.hooks([("blocks.*.attn.hook_pattern", accumulate)]):
+    with torch.no_grad(), model.hooks([(PATTERN_SITES, accumulate)]):
         for tokens in batches:
             model(tokens)
             count += 1
@@ -55,8 +93,11 @@ def induction_scores(model: HookedModel, batch: int = 4, half: int = 50, seed: i
     def score(pattern: torch.Tensor, hook: HookPoint) -> None:
         layer = hook.layer()
         assert layer is not None
-        scores[layer] = _offset_diagonal_mean(pattern.float(), half - 1, 1 + half).cpu()
+        diagonal = pattern.float().diagonal(
+            offset=-(half - 1), dim1=-2, dim2=-1
+        )  # [batch, head, pos - half + 1]
+        scores[layer] = diagonal[..., 2:].mean(dim=(0, 2)).cpu()  # queries from 1 + half on
 
-    with torch.no_grad(), model.hooks([("blocks.*.attn.hook_pattern", score)]):
+    with torch.no_grad(), model.hooks([(PATTERN_SITES, score)]):
         model(tokens)
     return scores

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
+from rama.errors import InputError
 from rama.hooks.core import HookPoint
 from rama.hooks.model import HookedModel
 from rama.interventions.steering import Hook, Positions, check_strength, positions_for_call
@@ -17,14 +18,14 @@ def check_sae_site(model: HookedModel, sae: SAE, site: str | None) -> str:
     """The site the SAE reads (its own `hook_name` unless given), checked against the SAE's width."""
     chosen = site or sae.cfg.hook_name
     if not chosen:
-        raise ValueError("this SAE records no hook_name; pass the site it was trained on")
+        raise InputError("this SAE records no hook_name; pass the site it was trained on")
     if sae.cfg.hook_name and site and site != sae.cfg.hook_name:
-        raise ValueError(f"this SAE was trained on {sae.cfg.hook_name!r}, not {site!r}")
+        raise InputError(f"this SAE was trained on {sae.cfg.hook_name!r}, not {site!r}")
     width = model.site_shape(chosen)[-1]
     if width != sae.cfg.d_in:
-        raise ValueError(f"the SAE reads d_in={sae.cfg.d_in} but {chosen!r} has width {width}")
+        raise InputError(f"the SAE reads d_in={sae.cfg.d_in} but {chosen!r} has width {width}")
     if sae.cfg.is_transcoder:
-        raise ValueError("feature steering needs an SAE (it reconstructs its own site); this is a transcoder")
+        raise InputError("feature steering needs an SAE (it reconstructs its own site); this is a transcoder")
     return chosen
 
 
@@ -48,7 +49,7 @@ def set_features(
     chosen = sae.check_latents(features)
     targets = [values] * len(chosen) if isinstance(values, float | int) else list(values)
     if len(targets) != len(chosen):
-        raise ValueError(f"got {len(targets)} values for {len(chosen)} features")
+        raise InputError(f"got {len(targets)} values for {len(chosen)} features")
     targets = [check_strength("feature value", float(v)) for v in targets]
 
     def hook(activation: torch.Tensor, point: HookPoint) -> torch.Tensor | None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from rama.errors import InputError
+
 
 def _last(logits: torch.Tensor, position: int | torch.Tensor) -> torch.Tensor:
     """`[batch, d_vocab]` at `position` (an int, or one position per row `[batch]`)."""
@@ -49,7 +51,7 @@ def normalised_score(
     value, clean, corrupted = (torch.as_tensor(v, dtype=torch.float32) for v in (value, clean, corrupted))
     span = clean - corrupted
     if bool((span.abs() < 1e-12).any()):
-        raise ValueError(
+        raise InputError(
             "clean and corrupted runs score the same on this metric, so a normalised score is undefined; "
             "choose a metric or prompt pair that separates them"
         )

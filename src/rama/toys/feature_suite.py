@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from rama.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class FeatureSuiteConfig:
@@ -24,16 +26,16 @@ class FeatureSuiteConfig:
 
     def __post_init__(self) -> None:
         if self.d <= 0 or self.n_features <= 0:
-            raise ValueError(
+            raise ConfigError(
                 f"d and n_features must be positive; got d={self.d}, n_features={self.n_features}"
             )
         if not 0 < self.mean_active <= self.n_features:
-            raise ValueError(
+            raise ConfigError(
                 f"mean_active must be in (0, n_features={self.n_features}]; got {self.mean_active}: "
                 f"more active features than features is impossible"
             )
         if not 0 <= self.correlation <= 1:
-            raise ValueError(f"correlation must be in [0, 1]; got {self.correlation}")
+            raise ConfigError(f"correlation must be in [0, 1]; got {self.correlation}")
 
 
 class FeatureSuite:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from rama.errors import InputError
 from rama.plotting import pyplot, save_figure
 from rama.toys.superposition import STICKY_FRACTIONS, PhaseDiagram, ToyModel
 
@@ -15,7 +16,7 @@ def plot_feature_geometry(model: ToyModel, path: str | os.PathLike[str]) -> Path
     """Each instance's feature directions W_i in its 2-d hidden space, one panel per sparsity."""
     plt = pyplot()
     if model.W.shape[1] != 2:
-        raise ValueError(
+        raise InputError(
             f"feature geometry is drawn for 2 hidden dimensions; this model has {model.W.shape[1]}"
         )
     panels = model.W.shape[0]

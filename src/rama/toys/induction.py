@@ -14,6 +14,11 @@ from typing import Any
 
 import torch
 
+from rama.circuits.head_scores import PATTERN_SITES, induction_score, previous_token_score
+from rama.errors import ConfigError
+from rama.hooks.model import HookedModel
+from rama.interventions.ablation import zero_ablation
+from rama.models.sites import block_site
 from rama.toys.toy_transformer import (
     Batch,
     ToyTransformerConfig,
@@ -37,7 +42,7 @@ class InductionTask:
 
     def __post_init__(self) -> None:
         if not 2 <= self.min_repeat <= self.max_repeat or 2 * self.max_repeat > self.seq_len:
-            raise ValueError(
+            raise ConfigError(
                 f"need 2 <= min_repeat <= max_repeat and 2 * max_repeat <= seq_len; got "
                 f"min_repeat={self.min_repeat}, max_repeat={self.max_repeat}, seq_len={self.seq_len}"
             )
@@ -102,50 +107,32 @@ def _repeated_loss(held_out: Batch) -> Callable[[Any], dict[str, float]]:
 
 def ablated_loss(model: Any, held_out: Batch, heads: list[list[int]]) -> float:
     """Loss on the predictable positions with the outputs (`hook_z`) of `heads` `[[layer, head], …]` zeroed."""
-    from rama.hooks.model import HookedModel
-
     hooked = HookedModel(model, word_tokenizer(["w"]))
     tokens, mask = held_out
     by_layer: dict[int, list[int]] = {}
     for layer, head in heads:
         by_layer.setdefault(layer, []).append(head)
-
-    def zero(layer_heads: list[int]) -> Callable[[torch.Tensor, Any], torch.Tensor]:
-        def hook(z: torch.Tensor, _: Any) -> torch.Tensor:
-            z = z.clone()
-            z[:, :, layer_heads] = 0
-            return z
-
-        return hook
-
-    hooks = [(f"blocks.{layer}.attn.hook_z", zero(hs)) for layer, hs in by_layer.items()]
+    hooks = [zero_ablation(hooked, block_site(layer, "attn.hook_z"), hs) for layer, hs in by_layer.items()]
     with torch.no_grad():
         logits = hooked.run_with_hooks(tokens, hooks)
     return float(masked_next_token_loss(logits, tokens, mask))
 
 
 def attention_scores(model: Any, held_out: Batch) -> dict[str, torch.Tensor]:
-    """`[layer, head]` previous-token score (attention from t to t-1) and induction score (attention
-    from a predictable position t to the keys k <= t whose previous token equals token t)."""
-    from rama.hooks.model import HookedModel
-
+    """`[layer, head]` previous-token score (attention from t to t-1, t >= 2: position 1 can only
+    look back at `<bos>`) and induction score (attention from a predictable position t to the keys
+    k <= t whose previous token equals token t), both from `rama.circuits.head_scores`."""
     hooked = HookedModel(model, word_tokenizer(["w"]))
     tokens, mask = held_out
     with torch.no_grad():
-        _, cache = hooked.run_with_cache(tokens, names="blocks.*.attn.hook_pattern")
+        _, cache = hooked.run_with_cache(tokens, names=PATTERN_SITES)
     patterns = cache.stack("attn.hook_pattern")  # [layer, batch, head, q, k]
-    previous = patterns.diagonal(offset=-1, dim1=-2, dim2=-1)[..., 1:].mean(dim=(1, 3))
-    matches = (
-        tokens[:, None, :-1] == tokens[:, 1:, None]
-    )  # [batch, q (from 1), k - 1]: token[k-1] == token[q]
-    causal = torch.ones(matches.shape[1], matches.shape[2], dtype=torch.bool).tril()
-    targets = torch.zeros_like(patterns[0, :, 0], dtype=torch.bool)  # [batch, q, k]
-    targets[:, 1:, 1:] = matches & causal
     queries = mask.roll(-1, dims=1)  # the position whose next token is predictable
     queries[:, -1] = False
-    mass = (patterns * targets[None, :, None]).sum(-1)  # [layer, batch, head, q]
-    induction = (mass * queries[None, :, None]).sum(dim=(1, 3)) / queries.sum()
-    return {"previous_token": previous, "induction": induction}
+    return {
+        "previous_token": previous_token_score(patterns, start=2),
+        "induction": induction_score(patterns, tokens, queries),
+    }
 
 
 def induction_ground_truth(model: Any, task: InductionTask, held_out: Batch) -> dict[str, Any]:

@@ -12,15 +12,8 @@ from typing import Any
 
 import torch
 
-from rama.toys.toy_transformer import (
-    Batch,
-    ToyTransformerConfig,
-    TrainSchedule,
-    build_model,
-    config_record,
-    train_toy_transformer,
-    word_tokenizer,
-)
+from rama.errors import ConfigError
+from rama.toys.toy_transformer import Batch
 
 NAMES = [
     "Mary",
@@ -73,7 +66,7 @@ class IOITask:
 
     def __post_init__(self) -> None:
         if not 0 < self.test_fraction < 1:
-            raise ValueError(f"test_fraction must lie in (0, 1); got {self.test_fraction}")
+            raise ConfigError(f"test_fraction must lie in (0, 1); got {self.test_fraction}")
 
     @property
     def words(self) -> list[str]:
@@ -83,7 +76,7 @@ class IOITask:
     def name_pairs(self, split: str) -> list[tuple[str, str]]:
         """Unordered name pairs of a split ("train" or "test"), fixed by the task's seed."""
         if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test'; got {split!r}")
+            raise ConfigError(f"split must be 'train' or 'test'; got {split!r}")
         pairs = list(itertools.combinations(NAMES, 2))
         order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(self.seed)).tolist()
         n_test = round(len(pairs) * self.test_fraction)
@@ -143,33 +136,3 @@ def accuracy(model: Any, tokenizer: Any, prompts: list[IOIPrompt], task: IOITask
     predicted = logits[torch.arange(len(prompts)), end].argmax(-1)
     answers = torch.tensor(tokenizer.convert_tokens_to_ids([p.io for p in prompts]))
     return float((predicted == answers).float().mean())
-
-
-def train_ioi(
-    task: IOITask | None = None,
-    schedule: TrainSchedule | None = None,
-    config: ToyTransformerConfig | None = None,
-) -> tuple[Any, Any, list[dict[str, float]], dict[str, Any]]:
-    """(model, tokenizer, loss curve with test accuracy, ground truth)."""
-    from rama.toys.ioi_circuit import ioi_ground_truth
-
-    task = task or IOITask()
-    schedule = schedule or TrainSchedule(steps=1500, batch_size=64, lr=2e-3, log_every=50)
-    config = config or ToyTransformerConfig(n_layers=3, n_heads=4, d_model=64, n_ctx=24, attention_only=False)
-    tokenizer = word_tokenizer(task.words)
-    model = build_model(config, len(tokenizer), schedule.seed)
-
-    def make_batch(size: int, generator: torch.Generator) -> Batch:
-        return task.encode(task.prompts(size, "train", generator), tokenizer)
-
-    test = task.prompts(1024, "test", torch.Generator().manual_seed(20_000 + schedule.seed))
-
-    def evaluate(model: Any) -> dict[str, float]:
-        return {"test_accuracy": accuracy(model, tokenizer, test[:256], task)}
-
-    curve = train_toy_transformer(model, make_batch, schedule, "ioi", evaluate=evaluate)
-    truth = ioi_ground_truth(model, tokenizer, task, test)
-    truth.update(task="ioi", **config_record(config, schedule), data={"test_fraction": task.test_fraction})
-    truth["test_accuracy"] = accuracy(model, tokenizer, test, task)
-    truth["test_pairs"] = [list(pair) for pair in task.name_pairs("test")]
-    return model, tokenizer, curve, truth

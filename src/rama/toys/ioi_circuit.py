@@ -1,5 +1,9 @@
-"""The ground truth of a trained IOI toy: what every head attends to, what it writes to the answer
-logits directly, and what mean-ablating it costs — then the roles those numbers name."""
+"""The IOI toy trained, with its ground truth: what every head attends to, what it writes to the
+answer logits directly, and what mean-ablating it costs — then the roles those numbers name.
+
+The attention scores and the ablation are the library's (`rama.circuits.head_scores`,
+`rama.interventions.ablation`), so the ground truth checks the same code users run.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,20 @@ from typing import Any
 
 import torch
 
+from rama.circuits.head_scores import attention_between, previous_token_score
 from rama.hooks.model import HookedModel
-from rama.toys.ioi import IOIPrompt, IOITask, logit_difference
+from rama.interventions.ablation import mean_ablation
+from rama.models.sites import block_site
+from rama.toys.ioi import IOIPrompt, IOITask, accuracy, logit_difference
+from rama.toys.toy_transformer import (
+    Batch,
+    ToyTransformerConfig,
+    TrainSchedule,
+    build_model,
+    config_record,
+    train_toy_transformer,
+    word_tokenizer,
+)
 
 ROLE_RULES = {
     "name_mover": "at END attends most to IO (≥ 0.3) and its direct effect is ≥ 10% of the logit difference",
@@ -28,7 +44,7 @@ def ioi_ground_truth(model: Any, tokenizer: Any, task: IOITask, prompts: list[IO
         )
     assert logits is not None
     clean = logit_difference(logits, prompts, tokenizer)
-    attention = head_attention(cache.stack("attn.hook_pattern"), prompts)
+    attention = head_attention(cache.stack("attn.hook_pattern"), prompts, tokens)
     direct = direct_effects(hooked, cache, prompts, tokenizer)
     ablation = mean_ablation_effects(hooked, tokens, prompts, tokenizer, clean)
     numbers = {"logit_difference": float(clean.mean()), "attention": attention, "direct_effect": direct}
@@ -38,32 +54,29 @@ def ioi_ground_truth(model: Any, tokenizer: Any, task: IOITask, prompts: list[IO
     return numbers
 
 
-def head_attention(patterns: torch.Tensor, prompts: list[IOIPrompt]) -> dict[str, list[list[float]]]:
-    """Mean attention `[layer][head]` between the named positions; `patterns [layer, batch, head, q, k]`."""
-    rows = torch.arange(len(prompts))
-    by_prompt = patterns.permute(1, 3, 4, 0, 2)  # [batch, q, k, layer, head]
+def head_attention(
+    patterns: torch.Tensor, prompts: list[IOIPrompt], tokens: torch.Tensor
+) -> dict[str, list[list[float]]]:
+    """Mean attention `[layer][head]` between the named positions; `patterns [layer, batch, head, q, k]`,
+    `tokens [batch, pos]` (right-padded with id 0: padding is no query)."""
 
     def at(query: str, key: str, shift: int = 0) -> list[list[float]]:
         q = torch.tensor([p.positions[query] for p in prompts])
         k = torch.tensor([p.positions[key] + shift for p in prompts])
-        return by_prompt[rows, q, k].mean(0).tolist()
+        return attention_between(patterns, q, k).tolist()
 
-    previous = patterns.diagonal(offset=-1, dim1=-2, dim2=-1)[..., 1:]
-    lengths = torch.tensor([p.positions["END"] for p in prompts])
-    valid = torch.arange(previous.shape[-1])[None] < lengths[:, None]  # skip padding
-    previous_score = (previous * valid[None, :, None]).sum(-1).sum(1) / valid.sum()
     return {
         "END->IO": at("END", "IO"),
         "END->S1": at("END", "S1"),
         "END->S2": at("END", "S2"),
         "S2->S1": at("S2", "S1"),
         "S2->S1+1": at("S2", "S1", 1),
-        "previous_token": previous_score.tolist(),
+        "previous_token": previous_token_score(patterns, queries=tokens != 0, start=2).tolist(),
     }
 
 
 def _last_resid(hooked: HookedModel) -> str:
-    return f"blocks.{hooked.cfg.n_layers - 1}.hook_resid_post"
+    return block_site(hooked.cfg.n_layers - 1, "hook_resid_post")
 
 
 def direct_effects(
@@ -92,23 +105,12 @@ def mean_ablation_effects(
     """How much the mean logit difference drops when a head's `hook_z` is replaced by its mean over
     prompts of the same template (positions line up within a template): `[layer][head]`."""
     templates = torch.tensor([p.template for p in prompts])
-    with torch.no_grad():
-        _, cache = hooked.run_with_cache(tokens, names="blocks.*.attn.hook_z")
     effects = torch.zeros(hooked.cfg.n_layers, hooked.cfg.n_heads)
     for layer in range(hooked.cfg.n_layers):
-        z = cache[f"blocks.{layer}.attn.hook_z"]
-        means = torch.stack([z[templates == t].mean(0) for t in templates.tolist()])
         for head in range(hooked.cfg.n_heads):
-
-            def ablate(
-                act: torch.Tensor, hook: Any, head: int = head, means: torch.Tensor = means
-            ) -> torch.Tensor:
-                act = act.clone()
-                act[:, :, head] = means[:, :, head]
-                return act
-
+            hook = mean_ablation(hooked, block_site(layer, "attn.hook_z"), tokens, [head], groups=templates)
             with torch.no_grad():
-                logits = hooked.run_with_hooks(tokens, [(f"blocks.{layer}.attn.hook_z", ablate)])
+                logits = hooked.run_with_hooks(tokens, [hook])
             effects[layer, head] = clean.mean() - logit_difference(logits, prompts, tokenizer).mean()
     return effects.tolist()
 
@@ -139,3 +141,31 @@ def classify(
             if a("previous_token") >= 0.5:
                 roles["previous_token"].append([layer, head])
     return roles
+
+
+def train_ioi(
+    task: IOITask | None = None,
+    schedule: TrainSchedule | None = None,
+    config: ToyTransformerConfig | None = None,
+) -> tuple[Any, Any, list[dict[str, float]], dict[str, Any]]:
+    """(model, tokenizer, loss curve with test accuracy, ground truth)."""
+    task = task or IOITask()
+    schedule = schedule or TrainSchedule(steps=1500, batch_size=64, lr=2e-3, log_every=50)
+    config = config or ToyTransformerConfig(n_layers=3, n_heads=4, d_model=64, n_ctx=24, attention_only=False)
+    tokenizer = word_tokenizer(task.words)
+    model = build_model(config, len(tokenizer), schedule.seed)
+
+    def make_batch(size: int, generator: torch.Generator) -> Batch:
+        return task.encode(task.prompts(size, "train", generator), tokenizer)
+
+    test = task.prompts(1024, "test", torch.Generator().manual_seed(20_000 + schedule.seed))
+
+    def evaluate(model: Any) -> dict[str, float]:
+        return {"test_accuracy": accuracy(model, tokenizer, test[:256], task)}
+
+    curve = train_toy_transformer(model, make_batch, schedule, "ioi", evaluate=evaluate)
+    truth = ioi_ground_truth(model, tokenizer, task, test)
+    truth.update(task="ioi", **config_record(config, schedule), data={"test_fraction": task.test_fraction})
+    truth["test_accuracy"] = accuracy(model, tokenizer, test, task)
+    truth["test_pairs"] = [list(pair) for pair in task.name_pairs("test")]
+    return model, tokenizer, curve, truth

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from rama.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class ToyConfig:
@@ -23,7 +25,7 @@ class ToyConfig:
 
     def __post_init__(self) -> None:
         if self.n_hidden >= self.n_features:
-            raise ValueError(
+            raise ConfigError(
                 f"superposition needs fewer dimensions than features: n_hidden={self.n_hidden} "
                 f">= n_features={self.n_features}"
             )
@@ -73,9 +75,9 @@ def sample_features(sparsity: torch.Tensor, n: int, batch: int, generator: torch
 def train_toy(config: ToyConfig, sparsity: torch.Tensor, importance: torch.Tensor) -> ToyModel:
     """Train one instance per row of `sparsity [instance]` / `importance [instance, n_features]`."""
     if not bool(((sparsity >= 0) & (sparsity < 1)).all()):
-        raise ValueError(f"feature sparsity must lie in [0, 1); got {sparsity.tolist()}")
+        raise ConfigError(f"feature sparsity must lie in [0, 1); got {sparsity.tolist()}")
     if importance.shape != (sparsity.shape[0], config.n_features):
-        raise ValueError(
+        raise ConfigError(
             f"importance must be [instance, n_features] = {(sparsity.shape[0], config.n_features)}; "
             f"got {tuple(importance.shape)}"
         )
@@ -142,7 +144,7 @@ def phase_diagram(
     importances = torch.logspace(-1, 1, 10) if importances is None else importances
     config = config or ToyConfig(n_features=2, n_hidden=1, steps=4000, batch_size=1024)
     if (config.n_features, config.n_hidden) != (2, 1):
-        raise ValueError("the phase diagram is for 2 features in 1 dimension (n_features=2, n_hidden=1)")
+        raise ConfigError("the phase diagram is for 2 features in 1 dimension (n_features=2, n_hidden=1)")
     cells = len(densities) * len(importances)
     sparsity = (1 - densities).repeat_interleave(len(importances)).repeat(replicas)
     second = importances.repeat(len(densities)).repeat(replicas)
@@ -183,7 +185,7 @@ def polysemanticity(model: ToyModel, threshold: float = 0.3) -> dict[str, torch.
     """For the neuron-basis variant, per instance: the mean number of features a responsive neuron
     reads (|W| > threshold) and the share of responsive neurons that read more than one."""
     if not model.neuron_basis:
-        raise ValueError(
+        raise ConfigError(
             "polysemanticity is a property of the neuron-basis model (ToyConfig(neuron_basis=True))"
         )
     counts = model.features_per_neuron(threshold).float()  # [instance, n_hidden]

@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from rama.atomic import staged_folder
+from rama.errors import ConfigError, InputError
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
 GROUND_TRUTH_FILE = "ground_truth.json"
@@ -37,9 +38,9 @@ class ToyTransformerConfig:
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
-            raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+            raise ConfigError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
         if self.n_layers < 1:
-            raise ValueError(f"a transformer needs at least one layer; got n_layers={self.n_layers}")
+            raise ConfigError(f"a transformer needs at least one layer; got n_layers={self.n_layers}")
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ def word_tokenizer(words: Sequence[str]) -> Any:
 
     vocab = {token: i for i, token in enumerate([*SPECIAL_TOKENS, *words])}
     if len(vocab) != len(SPECIAL_TOKENS) + len(words):
-        raise ValueError("vocabulary words must be unique and must not repeat the special tokens")
+        raise InputError("vocabulary words must be unique and must not repeat the special tokens")
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     core.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
@@ -175,7 +176,7 @@ def save_toy(
 def load_ground_truth(folder: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(folder) / GROUND_TRUTH_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{str(folder)!r} has no {GROUND_TRUTH_FILE}: it is not a rama toy model")
+        raise InputError(f"{str(folder)!r} has no {GROUND_TRUTH_FILE}: it is not a rama toy model")
     result: dict[str, Any] = json.loads(path.read_text())
     return result
 

@@ -12,8 +12,23 @@ from typing import Any
 import torch
 
 from rama.atomic import write_text
+from rama.errors import ConfigError
+from rama.toys.figures import (
+    plot_dimensionality,
+    plot_feature_geometry,
+    plot_phase_diagram,
+    plot_training_curves,
+)
 from rama.toys.induction import InductionTask, train_induction
-from rama.toys.ioi import IOITask, train_ioi
+from rama.toys.ioi import IOITask
+from rama.toys.ioi_circuit import train_ioi
+from rama.toys.superposition import (
+    ToyConfig,
+    dimensionality_sweep,
+    geometric_importance,
+    phase_diagram,
+    train_toy,
+)
 from rama.toys.toy_transformer import TrainSchedule, save_toy
 
 WEIGHTS = Path(__file__).parent / "weights"
@@ -32,7 +47,7 @@ ALIASES = {"induction": "induction-2l"}
 def pretrained(name: str) -> Path:
     """The folder of a shipped toy transformer (`rama.load(rama.toys.pretrained("induction-2l"))`)."""
     if name not in TRANSFORMERS:
-        raise ValueError(f"unknown toy model {name!r}; shipped toys: {', '.join(TRANSFORMERS)}")
+        raise ConfigError(f"unknown toy model {name!r}; shipped toys: {', '.join(TRANSFORMERS)}")
     return WEIGHTS / name
 
 
@@ -50,20 +65,18 @@ def train_transformer(
         )
         schedule = replace(schedule, steps=steps) if steps else schedule
         return train_ioi(IOITask(seed=seed), schedule)
-    raise ValueError(f"unknown toy transformer {name!r}; choose one of {', '.join(TRANSFORMERS)}")
+    raise ConfigError(f"unknown toy transformer {name!r}; choose one of {', '.join(TRANSFORMERS)}")
 
 
 def build(name: str, out: str | os.PathLike[str], seed: int = 0, steps: int | None = None) -> Path:
     """Train toy `name` from `seed` into `out` (an HF folder with ground truth, or superposition figures)."""
     name = ALIASES.get(name, name)
     if name not in TOYS:
-        raise ValueError(f"unknown toy {name!r}; choose one of {', '.join(TOYS)}")
+        raise ConfigError(f"unknown toy {name!r}; choose one of {', '.join(TOYS)}")
     if name == "superposition":
         return build_superposition(out, seed)
     model, tokenizer, curve, truth = train_transformer(name, seed, steps)
     folder = save_toy(out, model, tokenizer, truth, curve)
-    from rama.toys.figures import plot_training_curves
-
     key = "test_accuracy" if name == "ioi" else "loss_repeated"
     label = "held-out accuracy" if name == "ioi" else "loss on the repeated positions (nats)"
     plot_training_curves({name: curve}, key, folder / "training_curve.png", f"{name}: training", label)
@@ -72,26 +85,17 @@ def build(name: str, out: str | os.PathLike[str], seed: int = 0, steps: int | No
 
 def build_superposition(out: str | os.PathLike[str], seed: int = 0) -> Path:
     """Figures and numbers of the three superposition reproductions, written into `out`."""
-    from rama.toys import figures
-    from rama.toys.superposition import (
-        ToyConfig,
-        dimensionality_sweep,
-        geometric_importance,
-        phase_diagram,
-        train_toy,
-    )
-
     final = Path(out)
     final.mkdir(parents=True, exist_ok=True)
     sparsity = torch.tensor([0.0, 0.7, 0.9, 0.95])
     geometry = train_toy(ToyConfig(seed=seed), sparsity, geometric_importance(5, 4, 0.9))
-    figures.plot_feature_geometry(geometry, final / "pentagon.png")
+    plot_feature_geometry(geometry, final / "pentagon.png")
     diagram = phase_diagram(
         config=ToyConfig(n_features=2, n_hidden=1, steps=4000, batch_size=1024, seed=seed)
     )
-    figures.plot_phase_diagram(diagram, final / "phase_diagram.png")
+    plot_phase_diagram(diagram, final / "phase_diagram.png")
     sweep = dimensionality_sweep()
-    figures.plot_dimensionality(sweep, final / "dimensionality.png")
+    plot_dimensionality(sweep, final / "dimensionality.png")
     summary = {
         "geometry": {"sparsity": sparsity.tolist(), "feature_norms": geometry.feature_norms().tolist()},
         "phase_diagram": {
