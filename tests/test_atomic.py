@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rama.atomic import current_umask, staged_file, staged_folder, write_bytes, write_text
+from rama.atomic import check_empty_output, current_umask, staged_file, staged_folder, write_bytes, write_text
 from rama.errors import OutputError, RamaError
 
 
@@ -85,3 +85,13 @@ def test_staged_folder_refuses_a_folder_with_files(tmp_path: Path) -> None:
         (staging / "new.txt").write_text("new")
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["new.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging folder left behind
+
+
+def test_check_empty_output(tmp_path: Path) -> None:
+    assert check_empty_output(tmp_path / "new") == tmp_path / "new"  # absent: fine
+    (tmp_path / "empty").mkdir()
+    check_empty_output(tmp_path / "empty")
+    (tmp_path / "file").write_text("x")
+    for taken in (tmp_path / "file", tmp_path):
+        with pytest.raises(OutputError, match="already holds files"):
+            check_empty_output(taken)

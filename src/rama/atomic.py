@@ -77,13 +77,22 @@ def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     return Path(path)
 
 
+def check_empty_output(out: str | os.PathLike[str]) -> Path:
+    """`out` as a Path, refused when it is a file or a folder that holds files: call it before
+    minutes of work whose result `staged_folder` will write there."""
+    final = Path(out)
+    if final.is_file() or (final.is_dir() and any(final.iterdir())):
+        raise OutputError(f"{str(final)!r} already holds files; choose another --out or remove it")
+    return final
+
+
 @contextmanager
 def staged_folder(out: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
     """Yield an empty staging folder beside `out`; on success it replaces `out` in one rename.
     A folder that already holds files is refused unless `overwrite`."""
     final = Path(out)
-    if final.exists() and any(final.iterdir()) and not overwrite:
-        raise OutputError(f"{str(final)!r} already holds files; choose another --out or remove it")
+    if not overwrite:
+        check_empty_output(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     staging.chmod(folder_mode())

@@ -4,13 +4,15 @@ ground-truth file says which heads do it — checked again here from the weights
 from __future__ import annotations
 
 import json
+import time
+from pathlib import Path
 
 import pytest
 import torch
 from transformers import GPT2LMHeadModel
 
 import rama
-from rama.errors import ConfigError
+from rama.errors import ConfigError, OutputError
 from rama.toys import build, pretrained
 from rama.toys.induction import (
     InductionTask,
@@ -134,3 +136,14 @@ def test_impossible_task_settings_are_refused() -> None:
         InductionTask(seq_len=20, max_repeat=12)
     with pytest.raises(ConfigError, match="unknown toy 'induction-3l'"):
         build("induction-3l", "unused")
+    with pytest.raises(ConfigError, match="steps must be at least 1"):
+        build("induction-2l", "unused", steps=0)
+
+
+def test_a_folder_that_holds_files_is_refused_before_training(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    started = time.perf_counter()
+    with pytest.raises(OutputError, match="already holds files"):
+        build("induction-2l", tmp_path)
+    assert time.perf_counter() - started < 1.0  # refused up front, not after training
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from rama.atomic import write_text
+from rama.atomic import check_empty_output, write_text
 from rama.errors import ConfigError
 from rama.toys.figures import (
     plot_dimensionality,
@@ -69,10 +69,14 @@ def train_transformer(
 
 
 def build(name: str, out: str | os.PathLike[str], seed: int = 0, steps: int | None = None) -> Path:
-    """Train toy `name` from `seed` into `out` (an HF folder with ground truth, or superposition figures)."""
+    """Train toy `name` from `seed` into `out` (an HF folder with ground truth, or superposition
+    figures). Settings and the output folder (empty or absent) are checked before any training."""
     name = ALIASES.get(name, name)
     if name not in TOYS:
         raise ConfigError(f"unknown toy {name!r}; choose one of {', '.join(TOYS)}")
+    if steps is not None and steps < 1:
+        raise ConfigError(f"steps must be at least 1; got {steps}")
+    check_empty_output(out)
     if name == "superposition":
         return build_superposition(out, seed)
     model, tokenizer, curve, truth = train_transformer(name, seed, steps)
@@ -84,7 +88,8 @@ def build(name: str, out: str | os.PathLike[str], seed: int = 0, steps: int | No
 
 
 def build_superposition(out: str | os.PathLike[str], seed: int = 0) -> Path:
-    """Figures and numbers of the three superposition reproductions, written into `out`."""
+    """Figures and numbers of the three superposition reproductions, written into `out` beside
+    whatever it holds (the docs folder, for examples/superposition.py), each file atomically."""
     final = Path(out)
     final.mkdir(parents=True, exist_ok=True)
     sparsity = torch.tensor([0.0, 0.7, 0.9, 0.95])
