@@ -10,7 +10,8 @@ BOS / special-token policy (explicit, because it decides what SAEs and metrics s
 Shuffling: document order is shuffled from `seed` where the source allows it, and contexts go
 through a shuffle buffer of `shuffle_buffer` contexts seeded from `seed`: the same seed gives the
 same batches, and memory is bounded by the buffer, not the corpus.
-Splits: every `holdout_every`-th document is held out ("test"); "train" is the rest.
+Splits: every `holdout_every`-th document is held out ("test"); "train" is the rest. A source of
+fewer than `holdout_every` documents holds out the last 1/`holdout_every` of its text instead.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,10 +50,40 @@ class PackConfig:
 
 
 def select_split(documents: Iterable[str], split: str, every: int) -> Iterator[str]:
-    for index, document in enumerate(documents):
+    """The documents of `split`: every `every`-th is held out ("test"), "train" is the rest. A
+    source of fewer than `every` documents (a 400 KB .txt is about 20) would hold none out, so
+    its held-out part is its tail instead: see `tail_split`."""
+    iterator = iter(documents)
+    head = list(islice(iterator, every))
+    if len(head) < every:
+        train, test = tail_split(head, every)
+        yield from head if split == "all" else test if split == "test" else train
+        return
+    for index, document in enumerate(chain(head, iterator)):
         held_out = index % every == every - 1
         if split == "all" or (split == "test") == held_out:
             yield document
+
+
+def tail_split(documents: list[str], every: int) -> tuple[list[str], list[str]]:
+    """(train, test) of a small source: "test" is the last 1/`every` of its characters (2% by
+    default), cut at a whitespace, and "train" everything before it, so the two never overlap."""
+    remaining = max(1, sum(len(document) for document in documents) // every)
+    train, test = list(documents), list[str]()
+    while train and remaining > 0:
+        last = train.pop()
+        if len(last) <= remaining:
+            test.insert(0, last)
+            remaining -= len(last)
+            continue
+        cut = len(last) - remaining
+        space = max(last.rfind(" ", 0, cut + 1), last.rfind("\n", 0, cut + 1))
+        cut = space if space >= cut - 200 else cut  # a word boundary when one is near
+        if last[:cut].strip():
+            train.append(last[:cut].rstrip())
+        test.insert(0, last[cut:].lstrip())
+        remaining = 0
+    return train, test
 
 
 def _special(tokenizer: Any, kind: str) -> int | None:
