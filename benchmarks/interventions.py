@@ -30,6 +30,7 @@ from rama.interventions import (
     set_features,
 )
 from rama.sae.base import SAE, SAEConfig
+from rama.sae.topk import TopKConfig
 
 SITE = "blocks.12.hook_resid_post"
 PROMPTS = [
@@ -48,7 +49,11 @@ Work = Callable[[], Any]
 def generation_cases(model: Any, new_tokens: int) -> dict[str, Work]:
     vector = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
-    sae = SAE.create(SAEConfig(d_in=model.cfg.d_model, d_sae=4608, architecture="topk", k=32, hook_name=SITE))
+    sae = SAE.create(
+        SAEConfig(
+            d_in=model.cfg.d_model, d_sae=4608, architecture="topk", arch=TopKConfig(k=32), hook_name=SITE
+        )
+    )
     batch = model.tokenize(PROMPTS, padding_side="left")
     options = {"max_new_tokens": new_tokens, "do_sample": False, "pad_token_id": model.tokenizer.pad_token_id}
 

@@ -22,10 +22,10 @@ from typing import Any
 import torch
 
 import rama
+from rama.activations import HarvestConfig, stream_harvest_tokens
 from rama.atomic import write_text
 from rama.data import iter_documents
 from rama.models.loading import models_cache
-from rama.activations import HarvestConfig, stream_harvest_tokens
 from rama.sae import TrainConfig, train
 
 
@@ -41,7 +41,7 @@ def corpus_file(folder: Path, n_documents: int = 800) -> Path:
 
 
 def run_rama(model: Any, args: Any, work: Path, stream: bool) -> float:
-    config = TrainConfig(
+    config = TrainConfig.create(
         architecture="topk",
         d_sae=args.width,
         k=args.k,

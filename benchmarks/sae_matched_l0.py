@@ -33,14 +33,14 @@ def configs(tokens: int, width: int, l0: int, rate: float) -> dict[str, TrainCon
         "progress": True,
         "target_l0_rate": rate,
     }
-    out = {arch: TrainConfig(architecture=arch, k=l0, **base) for arch in ("topk", "batchtopk")}
-    out["standard"] = TrainConfig(
+    out = {arch: TrainConfig.create(architecture=arch, k=l0, **base) for arch in ("topk", "batchtopk")}
+    out["standard"] = TrainConfig.create(
         "standard", k=None, l1_coefficient=START_COEFFICIENT["standard"], target_l0=l0, **base
     )
-    out["jumprelu"] = TrainConfig(
+    out["jumprelu"] = TrainConfig.create(
         "jumprelu", k=None, l0_coefficient=START_COEFFICIENT["jumprelu"], target_l0=l0, **base
     )
-    out["gated"] = TrainConfig(
+    out["gated"] = TrainConfig.create(
         "gated", k=None, l1_coefficient=START_COEFFICIENT["gated"], target_l0=l0, **base
     )
     return out  # fmt: skip

@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/sae-quality")
     args = parser.parse_args()
     model = rama.load("smollm2-135m")
-    config = TrainConfig(
+    config = TrainConfig.create(
         architecture=args.arch,
         d_sae=args.width,
         k=args.k,

@@ -31,9 +31,9 @@ from typing import Any
 import torch
 
 import rama
+from rama.activations import HarvestConfig, harvest
 from rama.data.corpus import builtin_corpus
 from rama.models.loading import BUILTIN_MODELS, convert_gguf, ensure_builtin, locate_package_member
-from rama.activations import HarvestConfig, harvest
 from rama.sae import SAE, TrainConfig, fit
 from rama.sae.runner import sae_metadata, save_evaluated
 
@@ -129,7 +129,7 @@ def train(args: argparse.Namespace) -> None:
     log: dict[str, Any] = {"harvested_tokens": int(acts[names[0]].shape[0]), "harvest_seconds": harvest_s}
     print(json.dumps(log), flush=True)
     for name in names:
-        config = TrainConfig(
+        config = TrainConfig.create(
             d_sae=args.width, k=args.k, total_tokens=args.tokens, device=device, log_every=500
         )
         steps_per_s = probe_speed(acts[name], config)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from rama.errors import InputError
+
 
 def _unit_rows(directions: torch.Tensor) -> torch.Tensor:
     return directions / directions.norm(dim=-1, keepdim=True).clamp_min(1e-12)
@@ -12,7 +14,7 @@ def _unit_rows(directions: torch.Tensor) -> torch.Tensor:
 def max_cosine(learned: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
     """For each true direction `[n_true, d]`, its best cosine with any learned direction `[n_learned, d]`."""
     if learned.shape[-1] != true.shape[-1]:
-        raise ValueError(
+        raise InputError(
             f"directions differ in dimension: learned {learned.shape[-1]}, true {true.shape[-1]}"
         )
     return (_unit_rows(true) @ _unit_rows(learned).T).max(dim=1).values
@@ -28,8 +30,19 @@ def fraction_recovered(learned: torch.Tensor, true: torch.Tensor, threshold: flo
     return float((max_cosine(learned, true) > threshold).float().mean())
 
 
+def fvu_tensor(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Fraction of variance unexplained of rows `[n, d]`, Σ‖x − x̂‖² / Σ‖x − mean(x)‖², as a 0-d
+    tensor (a training step keeps it on the device and in the graph). The one definition of FVU in
+    rama; a target with no variance is guarded (its denominator floored at 1e-12), not divided by 0."""
+    return unexplained_fraction((reconstruction - target).pow(2).sum(-1), target)
+
+
+def unexplained_fraction(squared_errors: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """FVU from each row's squared error `[n]` (computed once by a caller that also needs the MSE)."""
+    variance = (target - target.mean(0)).pow(2).sum(-1)
+    return squared_errors.sum() / variance.sum().clamp_min(1e-12)
+
+
 def fvu(reconstruction: torch.Tensor, target: torch.Tensor) -> float:
-    """Fraction of variance unexplained: Σ‖x − x̂‖² / Σ‖x − mean(x)‖² over rows."""
-    error = (reconstruction - target).pow(2).sum()
-    variance = (target - target.mean(0)).pow(2).sum()
-    return float(error / variance.clamp_min(1e-12))
+    """`fvu_tensor` as a Python float."""
+    return float(fvu_tensor(reconstruction, target))

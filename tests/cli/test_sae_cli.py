@@ -1,15 +1,20 @@
-"""`rama sae train` and `rama sae eval` as a user runs them, on SmolLM2 with a small budget."""
+"""`rama sae train` and `rama sae eval` as a user runs them, on SmolLM2 with a small budget; and the
+option vocabulary and the checks that run before any model loads (fast, no model)."""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cli_helpers import rama_in_process
+from rama.cli.main import parse
+from rama.cli.sae import train_config_from_args
+from rama.sae import GatedConfig, L1Config, MatryoshkaConfig, TopKConfig, TrainConfig
 
-pytestmark = pytest.mark.slow
 KEYS = {
     "fvu",
     "mse",
@@ -25,6 +30,7 @@ KEYS = {
 }
 
 
+@pytest.mark.slow
 def test_train_writes_an_saelens_folder_with_metrics_then_refuses_to_overwrite(
     tmp_path: Path, smollm: object
 ) -> None:
@@ -67,6 +73,7 @@ def test_train_writes_an_saelens_folder_with_metrics_then_refuses_to_overwrite(
     assert "ce_loss_recovered" in evaluated.stdout
 
 
+@pytest.mark.slow
 def test_eval_refuses_an_sae_of_the_wrong_width(tmp_path: Path, smollm: object) -> None:
     from rama.sae import SAE, SAEConfig
 
@@ -75,7 +82,7 @@ def test_eval_refuses_an_sae_of_the_wrong_width(tmp_path: Path, smollm: object) 
             d_in=100,
             d_sae=200,
             architecture="topk",
-            k=4,
+            arch=TopKConfig(k=4),
             model_name="smollm2-135m",
             hook_name="blocks.0.hook_resid_post",
         )
@@ -86,6 +93,7 @@ def test_eval_refuses_an_sae_of_the_wrong_width(tmp_path: Path, smollm: object) 
     assert result.returncode == 1 and "not a site" in result.stderr
 
 
+@pytest.mark.slow
 def test_train_fills_an_activation_cache_that_the_next_run_reuses(tmp_path: Path, smollm: object) -> None:
     def train(out: str) -> dict[str, float]:
         result = rama_in_process(
@@ -106,6 +114,7 @@ def test_train_fills_an_activation_cache_that_the_next_run_reuses(tmp_path: Path
     assert second["fvu"] == first["fvu"]  # same activations, same seed: the same SAE
 
 
+@pytest.mark.slow
 def test_target_l0_option_steers_the_saved_coefficient(tmp_path: Path, smollm: object) -> None:
     out = tmp_path / "gated"
     result = rama_in_process(
@@ -117,9 +126,13 @@ def test_target_l0_option_steers_the_saved_coefficient(tmp_path: Path, smollm: o
     assert json.loads((out / "train_config.json").read_text())["target_l0"] == 4
     from rama.sae import SAE
 
-    assert SAE.load(out).cfg.l1_coefficient > 0.05  # 64 latents start far above L0 4: it rose
+    arch = SAE.load(out).cfg.arch
+    assert (
+        isinstance(arch, L1Config) and arch.l1_coefficient > 0.05
+    )  # 64 latents start far above L0 4: it rose
 
 
+@pytest.mark.slow
 def test_fewer_harvested_tokens_train_in_epochs_even_with_the_default_stream(
     tmp_path: Path, smollm: object
 ) -> None:
@@ -139,3 +152,101 @@ def test_train_refuses_a_missing_device_before_loading_anything(tmp_path: Path) 
         result = rama_in_process("sae", "train", "--device", device, "--out", str(tmp_path / "s"))
         assert result.returncode != 0 and "--device" in result.stderr and expected in result.stderr
         assert not (tmp_path / "s").exists()
+
+
+def config_of(*args: str) -> TrainConfig:
+    return train_config_from_args(parse(["sae", "train", *args]))
+
+
+def test_an_old_command_line_parses_to_the_same_config_as_the_new_names() -> None:
+    old = config_of(
+        "--arch", "topk", "--width", "512", "--k", "16", "--tokens", "20480", "--batch-size", "1024", "--skip"
+    )
+    new = config_of(
+        "--architecture", "topk", "--d-sae", "512", "--k", "16", "--total-tokens", "20480",
+        "--batch-size", "1024", "--skip-connection",
+    )  # fmt: skip
+    expected = TrainConfig.create(
+        architecture="topk", d_sae=512, k=16, total_tokens=20_480, batch_size=1024, skip_connection=True
+    )
+    assert old == new == expected and expected.arch == TopKConfig(k=16)
+    assert config_of("--arch", "gated", "--l1", "0.5").arch == GatedConfig(l1_coefficient=0.5)
+    widths = config_of("--arch", "matryoshka", "--width", "4608", "--matryoshka-widths", "72,288,1152,4608")
+    assert widths.arch == MatryoshkaConfig(matryoshka_widths=[72, 288, 1152, 4608])
+
+
+def test_the_cli_and_the_library_share_their_defaults() -> None:
+    assert (
+        config_of() == TrainConfig()
+        and TrainConfig().d_sae == 4608
+        and TrainConfig().arch == TopKConfig(k=32)
+    )
+
+
+BAD_SETTINGS: list[tuple[list[str], str]] = [
+    (["--arch", "bogus"], "unknown SAE architecture 'bogus'; known: batchtopk, gated, jumprelu, matryoshka"),
+    (["--width", "0"], "d_sae must be a positive integer; got 0"),
+    (["--k", "0"], "k must be an integer with 0 < k <= d_sae (4608); got k=0"),
+    (["--width", "64", "--k", "65"], "0 < k <= d_sae (64); got k=65"),
+    (["--arch", "standard"], "needs l1_coefficient > 0"),
+    (["--arch", "jumprelu"], "needs l0_coefficient > 0"),
+    (["--arch", "gated", "--l1", "-1"], "l1_coefficient must be >= 0"),
+    (["--lr", "0"], "lr must be > 0"),
+    (["--lr", "-0.001"], "lr must be > 0"),
+    (["--batch-size", "0"], "batch_size must be a positive integer; got 0"),
+    (["--tokens", "-5"], "total_tokens must be at least one batch (batch_size 4,096); got -5"),
+    (["--tokens", "100"], "total_tokens must be at least one batch (batch_size 4,096); got 100"),
+    (["--eval-tokens", "0"], "--eval-tokens must be a positive number"),
+    (["--harvest-tokens", "10"], "--harvest-tokens must be at least one batch"),
+    (["--arch", "standard", "--l1", "1", "--k", "4"], "--k: not a setting of the 'standard' architecture"),
+    (["--matryoshka-widths", "8,4608"], "--matryoshka-widths: not a setting of the 'topk' architecture"),
+    (["--arch", "matryoshka", "--matryoshka-widths", "72,4096"], "must increase strictly from above 0 and end at d_sae (4608)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_SETTINGS, ids=[" ".join(a) for a, _ in BAD_SETTINGS])
+def test_a_bad_setting_is_one_line_before_the_model_loads(
+    args: list[str], message: str, tmp_path: Path
+) -> None:
+    start = time.perf_counter()
+    # a model that does not exist: were it loaded first, its error would come instead of the setting's
+    result = rama_in_process("sae", "train", "--model", "no/such-model", *args, "--out", str(tmp_path / "s"))
+    assert time.perf_counter() - start < 1.0
+    assert result.returncode == 1 and message in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_leaves_a_checkpoint_that_the_same_command_resumes(
+    tmp_path: Path, smollm: object, monkeypatch: Any
+) -> None:
+    from rama.sae import training
+
+    out = tmp_path / "sae"
+    args = [
+        "sae", "train", "--site", "blocks.1.hook_resid_post", "--width", "64", "--k", "4", "--tokens", "8192",
+        "--batch-size", "512", "--checkpoint-every", "4", "--eval-tokens", "512", "--no-stream", "--out", str(out),
+    ]  # fmt: skip
+    real_step = training.train_step
+
+    def interrupted_at_step_10(run: Any, *rest: Any) -> Any:
+        if run.state.step == 10:  # as if the user pressed Ctrl-C during the eleventh step
+            raise KeyboardInterrupt
+        return real_step(run, *rest)
+
+    monkeypatch.setattr(training, "train_step", interrupted_at_step_10)
+    result = rama_in_process(*args)
+    assert result.returncode == 130 and result.stderr.strip().endswith(
+        "interrupted; resume with the same command"
+    )
+    assert [p.name for p in (out / "checkpoint").iterdir() if p.name.startswith(".")] == []  # no staging file
+    import torch
+
+    assert torch.load(out / "checkpoint" / "checkpoint.pt", weights_only=True)["step"] == 8
+    monkeypatch.setattr(training, "train_step", real_step)
+    changed = rama_in_process(*[a if a != "4" else "8" for a in args])  # --k 8: another run
+    assert changed.returncode == 1 and "k=4, this run asks k=8" in changed.stderr
+    resumed = rama_in_process(*args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((out / "metrics.json").read_text())["tokens"] == 8192

@@ -9,7 +9,7 @@ import torch
 
 from rama.data import PackConfig, token_batches
 from rama.features import top_activations
-from rama.sae import SAE, SAEConfig
+from rama.sae import SAE, SAEConfig, TopKConfig
 
 pytestmark = pytest.mark.slow
 
@@ -17,7 +17,9 @@ pytestmark = pytest.mark.slow
 def test_top_activations_match_the_codes(smollm: Any) -> None:
     site = "blocks.4.hook_resid_post"
     torch.manual_seed(0)
-    sae = SAE.create(SAEConfig(d_in=576, d_sae=64, architecture="topk", k=8, hook_name=site)).eval()
+    sae = SAE.create(
+        SAEConfig(d_in=576, d_sae=64, architecture="topk", arch=TopKConfig(k=8), hook_name=site)
+    ).eval()
     batches = list(
         token_batches(smollm.tokenizer, batch_size=2, config=PackConfig(context_size=32), max_tokens=128)
     )

@@ -9,6 +9,7 @@ import rama
 from rama.interventions import ablate_features, feature_direction, set_features
 from rama.sae import SAE
 from rama.sae.base import SAEConfig
+from rama.sae.topk import TopKConfig
 
 SITE = "blocks.1.hook_resid_pre"
 
@@ -16,7 +17,9 @@ SITE = "blocks.1.hook_resid_pre"
 @pytest.fixture(scope="module")
 def sae() -> SAE:
     torch.manual_seed(0)
-    return SAE.create(SAEConfig(d_in=64, d_sae=256, architecture="topk", k=16, hook_name=SITE)).eval()
+    return SAE.create(
+        SAEConfig(d_in=64, d_sae=256, architecture="topk", arch=TopKConfig(k=16), hook_name=SITE)
+    ).eval()
 
 
 def test_clamping_a_feature_moves_x_along_its_decoder_row_only(ioi_toy: rama.HookedModel, sae: SAE) -> None:
@@ -44,7 +47,7 @@ def test_bad_feature_requests_are_clear(ioi_toy: rama.HookedModel, sae: SAE) -> 
         set_features(ioi_toy, sae, [300], 1.0)
     with pytest.raises(ValueError, match=r"trained on 'blocks\.1\.hook_resid_pre'"):
         set_features(ioi_toy, sae, [0], 1.0, site="blocks.2.hook_resid_pre")
-    wide = SAE.create(SAEConfig(d_in=32, d_sae=64, architecture="topk", k=4, hook_name=SITE))
+    wide = SAE.create(SAEConfig(d_in=32, d_sae=64, architecture="topk", arch=TopKConfig(k=4), hook_name=SITE))
     with pytest.raises(ValueError, match="d_in=32"):
         set_features(ioi_toy, wide, [0], 1.0)
     with pytest.raises(ValueError, match="finite"):

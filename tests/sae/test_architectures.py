@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rama.metrics import fraction_recovered, fvu, mmcs
-from rama.sae import SAE, SAEConfig, fit
+from rama.sae import SAE, SAEConfig, TopKConfig, fit
 from rama.toys import FeatureSuite
 
 RECIPES: dict[str, dict[str, Any]] = {
@@ -60,7 +60,7 @@ def test_recovers_the_ground_truth_dictionary(architecture: str, suite_data: Any
 
 
 def test_topk_encode_keeps_exactly_k_and_decode_shapes() -> None:
-    sae = SAE.create(SAEConfig(d_in=16, d_sae=64, architecture="topk", k=4))
+    sae = SAE.create(SAEConfig(d_in=16, d_sae=64, architecture="topk", arch=TopKConfig(k=4)))
     x = torch.randn(10, 16)
     codes = sae.encode(x)
     assert codes.shape == (10, 64) and ((codes > 0).sum(-1) <= 4).all()
@@ -115,7 +115,7 @@ def test_transcoder_with_skip_learns_a_map_between_sites() -> None:
 
 def test_bad_configs_are_refused() -> None:
     with pytest.raises(ValueError, match=r"0 < k <= d_sae"):
-        SAE.create(SAEConfig(d_in=8, d_sae=16, architecture="topk", k=32))
+        SAE.create(SAEConfig(d_in=8, d_sae=16, architecture="topk", arch=TopKConfig(k=32)))
     with pytest.raises(ValueError, match="unknown SAE architecture 'bogus'"):
         SAE.create(SAEConfig(d_in=8, d_sae=16, architecture="bogus"))
     with pytest.raises(ValueError, match="needs l1_coefficient > 0"):

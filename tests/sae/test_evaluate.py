@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -55,3 +56,30 @@ def test_a_perfect_sae_recovers_all_the_loss_and_zero_recovers_none(smollm: Any)
     zero = evaluate(useless, smollm, config=config)
     assert zero["ce_loss_recovered"] == pytest.approx(0.0, abs=1e-4)
     assert zero["fvu"] > 1  # predicting 0 misses the mean as well as the variance
+
+
+def test_ce_loss_recovered_is_nan_with_a_warning_when_ablation_does_not_raise_the_loss() -> None:
+    from rama.sae.evaluate import ce_loss_recovered
+
+    assert ce_loss_recovered(clean=3.0, spliced=3.25, ablated=5.0) == pytest.approx(0.875)  # 1.75 / 2
+    # the reported case: ablating barely moved the loss, so the old ratio was -2.8e10
+    with pytest.warns(UserWarning, match=r"undefined \(reported as NaN\).*\+0\.00e\+00 nats"):
+        assert math.isnan(ce_loss_recovered(clean=3.0, spliced=5.8, ablated=3.0))
+    with pytest.warns(UserWarning, match=r"-5\.00e-01 nats"):  # ablating helped: no loss to recover
+        assert math.isnan(ce_loss_recovered(clean=3.0, spliced=3.1, ablated=2.5))
+
+
+def test_fvu_is_defined_once_with_a_zero_variance_guard() -> None:
+    from rama.metrics import fvu, fvu_tensor
+    from rama.sae.base import mse_fvu
+
+    target = torch.tensor([[1.0, 2.0], [3.0, 6.0]])  # deviations from the mean (2, 4): 1+4 and 1+4
+    reconstruction = torch.tensor([[1.0, 3.0], [3.0, 6.0]])  # error 1
+    assert fvu(reconstruction, target) == pytest.approx(0.1)
+    assert float(mse_fvu(reconstruction, target)[1]) == float(fvu_tensor(reconstruction, target))
+    constant = torch.ones(3, 2)
+    assert fvu(constant + 1, constant) == pytest.approx(6 / 1e-12)  # finite, not inf or nan
+    metrics = reconstruction_metrics(
+        SAE.create(SAEConfig(d_in=2, d_sae=3, architecture="standard")), constant
+    )
+    assert math.isfinite(metrics["fvu"])

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from rama.sae import SAE, SAEConfig, fit
+from rama.sae import SAE, SAEConfig, TopKConfig, fit
 from rama.sae.io import SAEFormatError
 from rama.toys import FeatureSuite
 from sae_helpers import perturbed
@@ -19,7 +19,9 @@ from sae_helpers import perturbed
 @pytest.mark.parametrize(
     "cfg",
     [
-        SAEConfig(d_in=12, d_sae=40, architecture="topk", k=5, hook_name="blocks.3.hook_resid_post"),
+        SAEConfig(
+            d_in=12, d_sae=40, architecture="topk", arch=TopKConfig(k=5), hook_name="blocks.3.hook_resid_post"
+        ),
         SAEConfig(d_in=12, d_sae=40, architecture="standard"),
         SAEConfig(d_in=12, d_sae=40, architecture="jumprelu"),
         SAEConfig(d_in=12, d_sae=40, architecture="gated"),
@@ -27,7 +29,7 @@ from sae_helpers import perturbed
             d_in=12,
             d_sae=40,
             architecture="topk",
-            k=5,
+            arch=TopKConfig(k=5),
             d_out=7,
             skip_connection=True,
             hook_name="blocks.0.ln2.hook_normalized",
@@ -134,7 +136,7 @@ def test_reads_dictionary_learning_autoencoder(tmp_path: Path) -> None:
 
 
 def test_bad_files_get_clear_errors(tmp_path: Path) -> None:
-    sae = perturbed(SAEConfig(d_in=12, d_sae=40, architecture="topk", k=5))
+    sae = perturbed(SAEConfig(d_in=12, d_sae=40, architecture="topk", arch=TopKConfig(k=5)))
     sae.save(tmp_path / "ok")
     with pytest.raises(SAEFormatError, match="no SAE at"):
         SAE.load(tmp_path / "missing")
@@ -168,7 +170,7 @@ def test_bad_files_get_clear_errors(tmp_path: Path) -> None:
 
 
 def test_saving_over_a_folder_keeps_nothing_half_written(tmp_path: Path) -> None:
-    sae = perturbed(SAEConfig(d_in=12, d_sae=40, architecture="topk", k=5))
+    sae = perturbed(SAEConfig(d_in=12, d_sae=40, architecture="topk", arch=TopKConfig(k=5)))
     sae.save(tmp_path / "s")
     (tmp_path / "s" / "notes.txt").write_text("kept")
     sae.save(tmp_path / "s")

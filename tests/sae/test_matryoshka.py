@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from rama.cli.sae import SAETrainOptions, parse_matryoshka_widths
+from rama.cli.main import parse
+from rama.cli.sae import train_config_from_args
+from rama.errors import ConfigError
 from rama.metrics import fvu
-from rama.sae import SAE, MatryoshkaConfig, SAEConfig, fit
+from rama.sae import SAE, MatryoshkaConfig, SAEConfig, TrainConfig, fit
 from rama.sae.base import TrainState
 from rama.toys import FeatureSuite
 from rama.toys.feature_suite import FeatureSuiteConfig
@@ -116,12 +118,16 @@ def test_widths_for_another_architecture_are_refused() -> None:
         )
 
 
-def test_the_cli_checks_widths_before_harvesting() -> None:
-    options = SAETrainOptions(arch="matryoshka", width=4608, matryoshka_widths="72,288,1152,4608")
-    assert parse_matryoshka_widths(options) == [72, 288, 1152, 4608]
-    with pytest.raises(SystemExit, match="end at d_sae"):
-        parse_matryoshka_widths(SAETrainOptions(arch="matryoshka", width=4608, matryoshka_widths="72,4096"))
-    with pytest.raises(SystemExit, match="comma-separated integers"):
-        parse_matryoshka_widths(SAETrainOptions(arch="matryoshka", width=4608, matryoshka_widths="72;4608"))
-    with pytest.raises(SystemExit, match="for --arch matryoshka"):
-        parse_matryoshka_widths(SAETrainOptions(arch="topk", width=4608, matryoshka_widths="72,4608"))
+def test_the_cli_checks_widths_before_harvesting(capsys: pytest.CaptureFixture[str]) -> None:
+    def config(*args: str) -> TrainConfig:
+        return train_config_from_args(parse(["sae", "train", *args]))
+
+    widths = config("--arch", "matryoshka", "--width", "4608", "--matryoshka-widths", "72,288,1152,4608")
+    assert widths.arch == MatryoshkaConfig(matryoshka_widths=[72, 288, 1152, 4608])
+    with pytest.raises(ConfigError, match="end at d_sae"):
+        config("--arch", "matryoshka", "--width", "4608", "--matryoshka-widths", "72,4096")
+    with pytest.raises(SystemExit):
+        config("--arch", "matryoshka", "--width", "4608", "--matryoshka-widths", "72;4608")
+    assert "comma-separated integers" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="--matryoshka-widths: not a setting of the 'topk' architecture"):
+        config("--arch", "topk", "--width", "4608", "--matryoshka-widths", "72,4608")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rama.sae import SAE, SAEConfig
+from rama.sae import SAE, SAEConfig, arch_config
 from sae_helpers import perturbed
 
 sae_lens = pytest.importorskip("sae_lens")
@@ -16,8 +16,15 @@ sae_lens = pytest.importorskip("sae_lens")
 
 @pytest.mark.parametrize("architecture", ["topk", "standard", "jumprelu", "gated"])
 def test_saelens_loads_what_rama_saves(architecture: str, tmp_path: Path) -> None:
+    settings = {"k": 6} if architecture == "topk" else {}
     ours = perturbed(
-        SAEConfig(d_in=16, d_sae=48, architecture=architecture, k=6, hook_name="blocks.2.hook_resid_post")
+        SAEConfig(
+            d_in=16,
+            d_sae=48,
+            architecture=architecture,
+            arch=arch_config(architecture, **settings),
+            hook_name="blocks.2.hook_resid_post",
+        )
     )
     ours.save(tmp_path / "sae")
     theirs = sae_lens.SAE.load_from_disk(tmp_path / "sae")

@@ -82,12 +82,16 @@ def test_scale_is_folded_so_the_sae_reads_raw_activations() -> None:
 def test_fold_scales_is_exact_for_every_architecture() -> None:
     import copy
 
-    from rama.sae import SAE, SAEConfig
+    from rama.sae import SAE, SAEConfig, arch_config
     from rama.sae.training import fold_scales
 
     x = torch.randn(32, 16)
     for architecture in ("topk", "standard", "jumprelu", "gated"):
-        sae = SAE.create(SAEConfig(d_in=16, d_sae=64, architecture=architecture, k=8, skip_connection=True))
+        settings = {"k": 8} if architecture == "topk" else {}
+        arch = arch_config(architecture, **settings)
+        sae = SAE.create(
+            SAEConfig(d_in=16, d_sae=64, architecture=architecture, arch=arch, skip_connection=True)
+        )
         with torch.no_grad():
             for parameter in sae.parameters():
                 parameter.add_(0.1 * torch.randn_like(parameter))
@@ -146,7 +150,9 @@ def test_target_l0_reaches_the_asked_sparsity_from_a_wrong_coefficient(
     assert free_l0 > 16  # the starting coefficient alone is far too weak for L0 8
     assert 0.65 * 8 <= steered_l0 <= 1.35 * 8  # within a third: the penalty acts with a lag
     name = next(iter(start))
-    assert getattr(steered.cfg, name) > 3 * start[name]  # the saved cfg holds the coefficient it ended at
+    assert (
+        getattr(steered.cfg.arch, name) > 3 * start[name]
+    )  # the saved cfg holds the coefficient it ended at
 
 
 def test_jumprelu_target_penalty_is_the_squared_miss_and_pushes_back_below_the_target() -> None:
@@ -172,13 +178,15 @@ def test_the_coefficient_multiplier_survives_a_checkpoint(tmp_path: Path) -> Non
     from rama.sae.training import TensorBatches, TrainConfig, init_run, load_checkpoint, save_checkpoint
 
     x = torch.randn(4096, 8)
-    config = TrainConfig(architecture="jumprelu", d_sae=16, k=None, l0_coefficient=0.1, target_l0=2.0)
+    config = TrainConfig.create(
+        architecture="jumprelu", d_sae=16, l0_coefficient=0.1, target_l0=2.0, total_tokens=4096
+    )
     data = TensorBatches(x, None, 1024, 0)
     run = init_run(config, data, {})
     run.state.coefficient_multiplier = 7.25
-    save_checkpoint(run, tmp_path / "checkpoint.pt")
+    save_checkpoint(run, tmp_path / "checkpoint.pt", {})
     resumed = init_run(config, data, {})
-    load_checkpoint(resumed, tmp_path / "checkpoint.pt")
+    load_checkpoint(resumed, tmp_path / "checkpoint.pt", {})
     assert resumed.state.coefficient_multiplier == 7.25
 
 
@@ -212,3 +220,99 @@ def test_training_on_cuda_matches_the_cpu_run(architecture: str) -> None:
         fvu_cpu = (cpu(x) - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
         fvu_gpu = ((gpu(x.cuda()) - x.cuda()).pow(2).sum() / (x - x.mean(0)).pow(2).sum().cuda()).cpu()
     assert abs(float(fvu_cpu) - float(fvu_gpu)) < 0.01 * float(fvu_cpu) + 1e-3
+
+
+def small_run(tmp_path: Path, **overrides: object) -> object:
+    x, _ = FeatureSuite().sample(4096, torch.Generator().manual_seed(0))
+    settings = dict(architecture="topk", d_sae=64, k=4, batch_size=512, total_tokens=4096, progress=False)
+    settings |= dict(checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every=2)
+    return fit(x, **{**settings, **overrides})
+
+
+def test_a_checkpoint_resumes_only_the_run_that_wrote_it(tmp_path: Path) -> None:
+    from rama.errors import ConfigError
+
+    first = small_run(tmp_path)
+    # where it runs and how often it reports may change; the finished run resumes as is
+    again = small_run(tmp_path, log_every=3, checkpoint_every=5)
+    assert torch.equal(first.W_dec, again.W_dec)  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match=r"trained with k=4, this run asks k=8"):
+        small_run(tmp_path, k=8)
+    with pytest.raises(ConfigError, match=r"d_sae=64, this run asks d_sae=32"):
+        small_run(tmp_path, d_sae=32)  # another width: the same clear error, not a size-mismatch traceback
+    with pytest.raises(ConfigError, match=r"lr=None, this run asks lr=0.001.*seed=0, this run asks seed=3"):
+        small_run(tmp_path, lr=1e-3, seed=3)
+    x, _ = FeatureSuite().sample(4096, torch.Generator().manual_seed(0))
+    with pytest.raises(
+        ConfigError, match=r"hook_name='', this run asks hook_name='blocks.1.hook_resid_post'"
+    ):
+        fit(x, architecture="topk", d_sae=64, k=4, batch_size=512, total_tokens=4096, progress=False,
+            checkpoint_dir=str(tmp_path / "ckpt"), metadata={"hook_name": "blocks.1.hook_resid_post"})  # fmt: skip
+
+
+def test_a_checkpoint_without_recorded_settings_of_another_width_is_a_config_error(tmp_path: Path) -> None:
+    from rama.errors import ConfigError
+
+    small_run(tmp_path)
+    path = tmp_path / "ckpt" / "checkpoint.pt"
+    saved = torch.load(path, weights_only=True)
+    del saved["settings"]  # as checkpoints written before settings were recorded
+    torch.save(saved, path)
+    with pytest.raises(ConfigError, match=r"an SAE of another shape than this run asks \(d_sae=32"):
+        small_run(tmp_path, d_sae=32)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"architecture": "bogus"}, "unknown SAE architecture 'bogus'; known: batchtopk, gated, jumprelu"),
+        ({"d_sae": 0}, "d_sae must be a positive integer; got 0"),
+        ({"k": 0}, r"0 < k <= d_sae \(4608\); got k=0"),
+        ({"architecture": "standard"}, "needs l1_coefficient > 0"),
+        ({"architecture": "jumprelu", "l0_coefficient": 0.0}, "needs l0_coefficient > 0"),
+        ({"lr": 0.0}, "lr must be > 0"),
+        ({"lr": float("nan")}, "lr must be > 0"),
+        ({"batch_size": 0}, "batch_size must be a positive integer; got 0"),
+        ({"total_tokens": -1}, "total_tokens must be at least one batch"),
+        ({"total_tokens": 4000}, r"at least one batch \(batch_size 4,096\); got 4,000"),
+        ({"b_dec_init": "median"}, "b_dec_init must be"),
+        (
+            {"architecture": "topk", "l1_coefficient": 1.0},
+            "l1_coefficient: not a training setting, nor one of",
+        ),
+    ],
+)
+def test_every_setting_is_checked_when_the_config_is_made(settings: dict[str, object], message: str) -> None:
+    from rama.errors import ConfigError
+    from rama.sae import TrainConfig
+
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig.create(**settings)
+
+
+def test_a_training_step_keeps_its_terms_on_the_device_until_logged() -> None:
+    from rama.activations import TensorBatches
+    from rama.sae import TrainConfig
+    from rama.sae.training import init_run, log_record, train_step
+
+    x, _ = FeatureSuite().sample(2048, torch.Generator().manual_seed(0))
+    for architecture, settings in [
+        ("topk", {"k": 4}),
+        ("matryoshka", {"k": 4}),
+        ("gated", {"l1_coefficient": 1.0}),
+    ]:
+        config = TrainConfig.create(
+            architecture=architecture, d_sae=64, batch_size=512, total_tokens=2048, **settings
+        )
+        run = init_run(config, TensorBatches(x, None, 512, 0), {})
+        terms = train_step(run, x[:512], x[:512], config)
+        assert all(
+            isinstance(t, torch.Tensor) and t.ndim == 0 and not t.requires_grad for t in terms.values()
+        )
+        record = log_record(run, terms)
+        assert record["step"] == 1 and all(isinstance(v, float) for k, v in record.items() if k != "step")
+        assert (
+            0 < record["fvu"] < 10  # gated starts dense: 3.7 on its first step
+            and record["l0"] > 0
+            and record["loss"] == pytest.approx(float(terms["loss"]))
+        )

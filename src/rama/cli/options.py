@@ -22,25 +22,55 @@ def _base_type(annotation: Any) -> Any:
     return annotation
 
 
-def add_options(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
+def help_text(field: dataclasses.Field[Any]) -> str:
+    """The field's help, plus its default when that tells the user something: not for a required or
+    positional field, not for None or "" (the help says what an absent value means), and not when the
+    help already names the default (one "(default: …)" per option)."""
+    text = str(field.metadata.get("help", ""))
+    default = field.default
+    if default is dataclasses.MISSING and field.default_factory is not dataclasses.MISSING:
+        default = field.default_factory()
+    shown = default not in (dataclasses.MISSING, None, "") and default != []
+    if field.metadata.get("positional") or not shown or "default" in text:
+        return text
+    return f"{text} (default: {default})"
+
+
+def add_options(parser: argparse.ArgumentParser, cls: type[Any], skip: tuple[str, ...] = ()) -> None:
+    """One option per field of the dataclass `cls` (but those in `skip`)."""
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
-        if field.metadata.get("positional"):
-            parser.add_argument(field.name, help=field.metadata.get("help", ""))
-            continue
-        flag = "--" + field.name.replace("_", "-")
-        kind = _base_type(hints[field.name])
-        help_text = f"{field.metadata.get('help', '')} (default: {field.default})"
-        if kind is bool:
-            parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=field.default, help=help_text
-            )
-        elif typing.get_origin(kind) is list and "nargs" in field.metadata:
-            parser.add_argument(flag, nargs=field.metadata["nargs"], default=None, help=help_text)
-        elif typing.get_origin(kind) is list:
-            parser.add_argument(flag, action="append", default=None, help=help_text)
-        else:
-            parser.add_argument(flag, type=kind, default=field.default, help=help_text)
+        if field.name not in skip:
+            add_field(parser, field, hints[field.name])
+
+
+def add_field(
+    parser: argparse.ArgumentParser,
+    field: dataclasses.Field[Any],
+    hint: Any,
+    default: Any = dataclasses.MISSING,
+) -> None:
+    """The option for one dataclass field: `--field-name`, and `--alias` for each name in its
+    metadata's `aliases` (older spellings that keep working); `default` overrides the field's."""
+    if field.metadata.get("positional"):
+        parser.add_argument(field.name, help=help_text(field))
+        return
+    flags = ["--" + name.replace("_", "-") for name in (field.name, *field.metadata.get("aliases", ()))]
+    kind = _base_type(hint)
+    text = help_text(field)
+    default = field.default if default is dataclasses.MISSING else default
+    if kind is bool:
+        parser.add_argument(
+            *flags, dest=field.name, action=argparse.BooleanOptionalAction, default=default, help=text
+        )
+    elif typing.get_origin(kind) is list and "nargs" in field.metadata:
+        parser.add_argument(*flags, dest=field.name, nargs=field.metadata["nargs"], default=None, help=text)
+    elif typing.get_origin(kind) is list and "parse" in field.metadata:
+        parser.add_argument(*flags, dest=field.name, type=field.metadata["parse"], default=None, help=text)
+    elif typing.get_origin(kind) is list:
+        parser.add_argument(*flags, dest=field.name, action="append", default=None, help=text)
+    else:
+        parser.add_argument(*flags, dest=field.name, type=kind, default=default, help=text)
 
 
 def from_args(cls: type[T], namespace: argparse.Namespace) -> T:

@@ -1,43 +1,47 @@
-"""`rama sae train` and `rama sae eval`: text to a trained, evaluated SAE, and metrics of a saved one."""
+"""`rama sae train` and `rama sae eval`: text to a trained, evaluated SAE, and metrics of a saved one.
+
+`rama sae train` speaks the library's vocabulary: its training options are `TrainConfig`'s fields
+and the registered architectures' settings (same names, defaults and help), so `--d-sae` is
+`TrainConfig.d_sae`, `--k` is `TopKConfig.k`. The older spellings (`--arch`, `--width`, `--tokens`,
+`--skip`, `--l1`, `--l0`) are aliases. Every setting is checked before the model loads.
+"""
 
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
+import sys
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from rama.cli.options import add_options, from_args, option
+from rama.cli.options import add_field, add_options, from_args, option
+from rama.errors import ConfigError
+from rama.sae.base import REGISTRY, sae_class
+from rama.sae.train_config import TrainConfig
+
+# TrainConfig fields that are not options: the architecture's settings come one by one, the
+# checkpoint goes into --out, and extra SAE metadata is for library callers
+NOT_OPTIONS = ("arch", "sae_extra", "checkpoint_dir")
 
 
 @dataclass(frozen=True)
-class SAETrainOptions:
+class SAERunOptions:
+    """What a `rama sae train` run needs besides its TrainConfig: model, sites, data and output."""
+
     model: str = option("smollm2-135m", "built-in name, local HF folder or hub id")
     site: str = option("blocks.9.hook_resid_post", "the site the SAE reads")
     site_out: str | None = option(None, "train a transcoder that predicts this site instead")
-    arch: str = option("topk", "topk | batchtopk | matryoshka | standard (ReLU+L1) | jumprelu | gated")
-    width: int = option(4608, "number of latents (d_sae)")
-    k: int | None = option(32, "active latents per token (topk, batchtopk, matryoshka)")
-    matryoshka_widths: str | None = option(
-        None,
-        "--arch matryoshka: comma-separated prefix widths ending at --width (default: width/64, /16, /4, width)",
-    )
-    l1: float = option(0.0, "L1 coefficient (standard, gated)")
-    l0: float = option(0.0, "L0 coefficient (jumprelu)")
-    target_l0: float | None = option(
-        None, "steer the L1/L0 coefficient while training until this many latents fire per token"
-    )
-    skip: bool = option(False, "add a skip connection (skip-transcoder)")
-    tokens: int = option(2_000_000, "training tokens")
     harvest_tokens: int | None = option(
         None,
-        "tokens to harvest (default: --tokens; fewer means epochs, over activations held in memory "
+        "tokens to harvest (default: --total-tokens; fewer means epochs, over activations held in memory "
         "or in --activation-cache)",
     )
-    batch_size: int = option(4096, "activations per training step")
-    lr: float | None = option(None, "learning rate (default: 2e-4 / sqrt(width / 16384))")
     eval_tokens: int = option(16_384, "held-out tokens for metrics.json")
     corpus: str | None = option(None, "corpus file/folder (default: the built-in English corpus)")
-    seed: int = option(0, "seed for data order and initialisation")
     stream: bool = option(
         True,
         "harvest in a background thread into a shuffle buffer (flat memory); "
@@ -48,7 +52,6 @@ class SAETrainOptions:
         "folder of harvested activations: filled on the first run (sharded safetensors, resumable), "
         "reused by later runs with the same model, corpus, seed and --harvest-tokens",
     )
-    device: str = option("cpu", "where the model runs and the SAE trains: cpu, cuda or cuda:N")
     out: str = option("rama-sae", "output folder (must not hold a finished run; a killed run resumes)")
 
 
@@ -69,11 +72,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train_parser = commands.add_parser(
         "train",
         help="harvest activations, train an SAE, write it with metrics.json",
-        epilog="example: rama sae train --site blocks.9.hook_resid_post --arch topk --width 4608 --k 32 "
-        "--tokens 2000000 --out sae-l9",
+        epilog="example: rama sae train --site blocks.9.hook_resid_post --architecture topk --d-sae 4608 "
+        "--k 32 --total-tokens 2000000 --out sae-l9",
     )
-    add_options(train_parser, SAETrainOptions)
-    train_parser.set_defaults(handler=lambda ns: run_train(from_args(SAETrainOptions, ns)))
+    add_train_options(train_parser)
+    train_parser.set_defaults(handler=run_train)
     eval_parser = commands.add_parser(
         "eval", help="metrics of a saved SAE on held-out text", epilog="example: rama sae eval sae-l9"
     )
@@ -81,61 +84,119 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     eval_parser.set_defaults(handler=lambda ns: run_eval(from_args(SAEEvalOptions, ns)))
 
 
-def parse_matryoshka_widths(options: SAETrainOptions) -> list[int] | None:
-    if options.matryoshka_widths is None:
-        return None
-    if options.arch != "matryoshka":
-        raise SystemExit(f"--matryoshka-widths is for --arch matryoshka; got --arch {options.arch}")
-    from rama.sae.base import SAEConfig
-    from rama.sae.matryoshka import WIDTHS_KEY, matryoshka_widths
-
-    try:  # checked here, before minutes of harvesting, by the rule the SAE itself applies
-        widths = [int(w) for w in options.matryoshka_widths.split(",")]
-        matryoshka_widths(SAEConfig(d_in=1, d_sae=options.width, extra={WIDTHS_KEY: widths}))
-    except ValueError as error:
-        raise SystemExit(
-            f"--matryoshka-widths takes comma-separated integers rising to --width, such as 72,288,1152,4608: "
-            f"{error}"
-        ) from None
-    return widths
+def add_train_options(parser: argparse.ArgumentParser) -> None:
+    """The run's options, TrainConfig's fields and every architecture's settings."""
+    add_options(parser, SAERunOptions)
+    settings = parser.add_argument_group("training (TrainConfig)")
+    add_options(settings, TrainConfig, skip=NOT_OPTIONS)  # type: ignore[arg-type]
+    architecture = parser.add_argument_group(
+        "architecture settings (each applies to the architectures that have it; left out: their default)"
+    )
+    for field, hint in architecture_settings():
+        add_field(architecture, field, hint, default=None)  # type: ignore[arg-type]
 
 
-def run_train(options: SAETrainOptions) -> int:
-    from rama import load
-    from rama.activations import HarvestConfig, stream_harvest_tokens
-    from rama.sae import TrainConfig, train
+def architecture_settings() -> list[tuple[dataclasses.Field[Any], Any]]:
+    """Each registered architecture's settings, once per name (TopK, BatchTopK, Matryoshka share k)."""
+    seen: dict[str, tuple[dataclasses.Field[Any], Any]] = {}
+    for cls in REGISTRY.values():
+        hints = typing.get_type_hints(cls.config_class)
+        for field in dataclasses.fields(cls.config_class):
+            if field.name not in seen:
+                seen[field.name] = (with_list_parser(field, hints[field.name]), hints[field.name])
+    return list(seen.values())
+
+
+def with_list_parser(field: dataclasses.Field[Any], hint: Any) -> dataclasses.Field[Any]:
+    """A list-of-ints setting (matryoshka_widths) as one comma-separated value: 72,288,1152,4608."""
+    if int not in typing.get_args(next(iter(typing.get_args(hint)), None)):
+        return field
+    parsed = copy.copy(field)
+    parsed.metadata = types.MappingProxyType({**field.metadata, "parse": comma_ints(field.name)})
+    return parsed
+
+
+def comma_ints(name: str) -> Any:
+    def parse(text: str) -> list[int]:
+        try:
+            return [int(part) for part in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"--{name.replace('_', '-')} takes comma-separated integers, such as 72,288,1152,4608; got {text!r}"
+            ) from None
+
+    return parse
+
+
+def train_config_from_args(namespace: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig the options describe, checked; a setting given for an architecture that
+    does not have it is refused (it would be silently ignored otherwise)."""
+    values = {
+        f.name: getattr(namespace, f.name)
+        for f in dataclasses.fields(TrainConfig)
+        if f.name not in NOT_OPTIONS
+    }
+    own = {f.name for f in dataclasses.fields(sae_class(values["architecture"]).config_class)}
+    given = {f.name: getattr(namespace, f.name) for f, _ in architecture_settings()}
+    given = {name: value for name, value in given.items() if value is not None}
+    foreign = sorted(set(given) - own)
+    if foreign:
+        flags = ", ".join("--" + name.replace("_", "-") for name in foreign)
+        theirs = ", ".join("--" + name.replace("_", "-") for name in sorted(own)) or "none"
+        raise ConfigError(
+            f"{flags}: not a setting of the {values['architecture']!r} architecture (its settings: {theirs})"
+        )
+    return TrainConfig.create(**values, **given)
+
+
+def check_run(options: SAERunOptions, config: TrainConfig) -> None:
+    """What can be checked of a run before the model loads: counts, the device, the output folder."""
+    from rama.sae.runner import check_output
     from rama.sae.training import check_device
 
-    config = TrainConfig(
-        architecture=options.arch,
-        matryoshka_widths=parse_matryoshka_widths(options),
-        d_sae=options.width,
-        k=options.k,
-        l1_coefficient=options.l1,
-        l0_coefficient=options.l0,
-        target_l0=options.target_l0,
-        skip_connection=options.skip,
-        total_tokens=options.tokens,
-        batch_size=options.batch_size,
-        lr=options.lr,
-        seed=options.seed,
-        device=options.device,
-    )
-    try:  # before minutes of loading and harvesting
-        check_device(options.device)
-    except ValueError as error:
-        raise ValueError(f"--device: {error}") from None
-    model = load(options.model, device=options.device)
-    epochs = options.harvest_tokens is not None and options.harvest_tokens < options.tokens
+    if options.eval_tokens <= 0:
+        raise ConfigError(
+            f"--eval-tokens must be a positive number of held-out tokens; got {options.eval_tokens}"
+        )
+    if options.harvest_tokens is not None and options.harvest_tokens < config.batch_size:
+        raise ConfigError(
+            f"--harvest-tokens must be at least one batch (--batch-size {config.batch_size:,}); "
+            f"got {options.harvest_tokens:,}"
+        )
+    try:
+        check_device(config.device)
+    except ConfigError as error:
+        raise ConfigError(f"--device: {error}") from None
+    check_output(Path(options.out))
+
+
+def run_train(namespace: argparse.Namespace) -> int:
+    config = train_config_from_args(namespace)
+    options = from_args(SAERunOptions, namespace)
+    check_run(options, config)  # before minutes of loading and harvesting
+    try:
+        return train_and_report(options, config)
+    except KeyboardInterrupt:
+        # the checkpoint on disk is whole (written to a staging file, then renamed into place)
+        print("interrupted; resume with the same command", file=sys.stderr)
+        return 130
+
+
+def train_and_report(options: SAERunOptions, config: TrainConfig) -> int:
+    from rama import load
+    from rama.activations import HarvestConfig, stream_harvest_tokens
+    from rama.sae import train
+
+    model = load(options.model, device=config.device)
+    tokens = config.total_tokens
+    epochs = options.harvest_tokens is not None and options.harvest_tokens < tokens
     if epochs and options.stream and options.activation_cache is None:
         print(
-            f"--harvest-tokens {options.harvest_tokens} < --tokens {options.tokens}: epochs over activations in memory"
+            f"--harvest-tokens {options.harvest_tokens} < --total-tokens {tokens}: epochs over activations in memory"
         )
     streaming = options.stream and options.activation_cache is None and not epochs
-    default_harvest = (
-        stream_harvest_tokens(options.tokens, options.batch_size) if streaming else options.tokens
-    )
-    harvest_config = HarvestConfig(tokens=options.harvest_tokens or default_harvest, seed=options.seed)
+    default_harvest = stream_harvest_tokens(tokens, config.batch_size) if streaming else tokens
+    harvest_config = HarvestConfig(tokens=options.harvest_tokens or default_harvest, seed=config.seed)
     _, metrics = train(
         model,
         model.resolve(options.site)[0],
@@ -161,15 +222,15 @@ def run_eval(options: SAEEvalOptions) -> int:
     sae = SAE.load(options.folder)
     model_name = options.model or sae.cfg.model_name
     if not model_name:
-        raise ValueError(f"{options.folder!r} does not name its model; pass --model")
+        raise ConfigError(f"{options.folder!r} does not name its model; pass --model")
     model = load(model_name)
     site = options.site or sae.cfg.hook_name
     if site not in model.sites:
-        raise ValueError(f"site {site!r} is not a site of {model_name}; pass --site")
+        raise ConfigError(f"site {site!r} is not a site of {model_name}; pass --site")
     sae.cfg.hook_name = site
     width = model.site_shape(site)[-1]
     if width != sae.cfg.d_in:
-        raise ValueError(f"the SAE reads d_in={sae.cfg.d_in} but {site} of {model_name} has width {width}")
+        raise ConfigError(f"the SAE reads d_in={sae.cfg.d_in} but {site} of {model_name} has width {width}")
     config = HarvestConfig(tokens=options.eval_tokens, split="test", progress=False)
     metrics = evaluate(sae, model, corpus=options.corpus, config=config)
     metrics.pop("log10_density")

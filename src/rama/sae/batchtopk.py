@@ -7,28 +7,38 @@ saved (SAELens writes BatchTopK as JumpReLU with that threshold).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch.nn import functional as F
 
-from rama.sae.base import SAE, LossOutput, SAEConfig, TrainState, mse_fvu, register
-from rama.sae.topk import aux_k_loss
+from rama.sae.base import SAE, LossOutput, SAEConfig, TrainState, fired_latents, mse_fvu
+from rama.sae.topk import TopKConfig, aux_k_loss
 
 
-@register("batchtopk")
+@dataclass
+class BatchTopKConfig(TopKConfig):
+    """k active latents per token on average over a batch (any token may take more or fewer)."""
+
+
 class BatchTopKSAE(SAE):
-    takes_k = True  # Matryoshka inherits it
+    config_class = BatchTopKConfig
+    saelens_architecture = "jumprelu"  # saved, and loaded back, as the JumpReLU it is at inference
+    loads_as = "jumprelu"
     threshold: torch.Tensor
+    settings: BatchTopKConfig
 
     def __init__(self, cfg: SAEConfig) -> None:
-        if not cfg.k or not 0 < cfg.k <= cfg.d_sae:
-            raise ValueError(f"a batchtopk SAE needs 0 < k <= d_sae ({cfg.d_sae}); got k={cfg.k}")
+        assert isinstance(cfg.arch, BatchTopKConfig)
+        cfg.arch.check(cfg.d_sae)
         super().__init__(cfg)
+        self.settings = cfg.arch
         self.register_buffer("threshold", torch.tensor(-1.0))  # < 0: not estimated yet
 
     def select(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Flat indices and values of the batch's k·B largest positive pre-activations."""
         acts = pre.relu().flatten()
-        count = min(acts.numel(), int(self.cfg.k or 1) * pre.shape[0])
+        count = min(acts.numel(), self.settings.k * pre.shape[0])
         values, flat = acts.topk(count, sorted=False)
         return values, flat
 
@@ -50,11 +60,11 @@ class BatchTopKSAE(SAE):
         centred = x - self.b_dec if self.subtracts_b_dec else x
         aux = aux_k_loss(self, pre, centred, target - reconstruction, state.dead_mask(), self.cfg.d_in // 2)
         self._update_threshold(values.detach())
-        fired = torch.zeros(self.cfg.d_sae, dtype=torch.bool, device=x.device)
-        fired[(flat % self.cfg.d_sae)[values > 0]] = True
-        l0 = float((values > 0).sum()) / x.shape[0]
-        loss = fvu + self.cfg.aux_k_coefficient * aux
-        return LossOutput(loss, reconstruction, fired, {"fvu": fvu.item(), "aux_k": aux.item(), "l0": l0})
+        active = values.detach() > 0
+        fired = fired_latents(flat % self.cfg.d_sae, active, self.cfg.d_sae)
+        l0 = active.sum().float() / x.shape[0]
+        loss = fvu + self.settings.aux_k_coefficient * aux
+        return LossOutput(loss, reconstruction, fired, {"fvu": fvu.detach(), "aux_k": aux.detach(), "l0": l0})
 
     def _decode_by_rows(self, flat: torch.Tensor, values: torch.Tensor, batch: int) -> torch.Tensor:
         """Per-token bags of (latent, value) decoded with embedding_bag: only used rows get gradients."""
@@ -67,14 +77,13 @@ class BatchTopKSAE(SAE):
 
     @torch.no_grad()
     def _update_threshold(self, kept: torch.Tensor, momentum: float = 0.99) -> None:
-        positive = kept[kept > 0]
-        if positive.numel() == 0:
-            return
-        smallest = positive.min()
-        if float(self.threshold) < 0:
-            self.threshold.copy_(smallest)
-        else:
-            self.threshold.mul_(momentum).add_((1 - momentum) * smallest)
+        """Running mean of the smallest kept activation, in tensor ops (no host sync per step)."""
+        positive = kept > 0
+        smallest = torch.where(positive, kept, torch.full_like(kept, float("inf"))).min()
+        moved = torch.where(
+            self.threshold < 0, smallest, self.threshold * momentum + (1 - momentum) * smallest
+        )
+        self.threshold.copy_(torch.where(positive.any(), moved, self.threshold))
 
     @torch.no_grad()
     def calibrate(self, inputs: torch.Tensor, chunk: int = 2048) -> None:
@@ -82,7 +91,7 @@ class BatchTopKSAE(SAE):
         (k·n)-th largest pre-activation. The running estimate lags the weights while they move.
         Each chunk keeps its 4·k·chunk largest, enough unless one chunk holds 4x its share."""
         inputs = inputs[:16384]
-        k = int(self.cfg.k or 1)
+        k = self.settings.k
         kept = []
         for start in range(0, len(inputs), chunk):
             pre = self.pre_activations(inputs[start : start + chunk]).relu().flatten()

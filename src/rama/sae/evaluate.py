@@ -1,11 +1,15 @@
 """How good an SAE is: reconstruction, sparsity, and the model's loss with the SAE spliced in.
 
 `ce_loss_recovered = (CE_ablated − CE_spliced) / (CE_ablated − CE_clean)`: 1 when splicing the SAE
-costs nothing, 0 when it is as bad as zero-ablating the site.
+costs nothing, 0 when it is as bad as zero-ablating the site. Where zero-ablating the site does not
+raise the loss (by less than `MIN_ABLATION_GAP` nats), the ratio measures nothing: it is reported
+as NaN (undefined; JSON `NaN`) with a warning, never as a huge number of either sign.
 """
 
 from __future__ import annotations
 
+import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +17,10 @@ import torch
 from torch.nn import functional as F
 
 from rama.activations import HarvestConfig, batches_with_activations, keep_mask
+from rama.errors import InputError
 from rama.hooks.core import HookPoint
 from rama.hooks.model import HookedModel
+from rama.metrics import fvu
 from rama.sae.base import SAE
 
 
@@ -25,15 +31,14 @@ def reconstruction_metrics(sae: SAE, x: torch.Tensor, target: torch.Tensor | Non
         codes = sae.encode(x)
         reconstruction = sae.decode(codes, x)
     error = (reconstruction - target).pow(2).sum(-1)
-    variance = (target - target.mean(0)).pow(2).sum(-1)
-    fvu = float(error.sum() / variance.sum())
+    unexplained = fvu(reconstruction, target)
     density = (codes > 0).float().mean(0)
     log_density = torch.log10(density.clamp_min(1e-10))
     counts, edges = torch.histogram(log_density, bins=20, range=(-10.0, 0.0))
     return {
         "mse": float(error.mean()),
-        "fvu": fvu,
-        "explained_variance": 1 - fvu,
+        "fvu": unexplained,
+        "explained_variance": 1 - unexplained,
         "l0": float((codes > 0).sum(-1).float().mean()),
         "dead_fraction": float((density == 0).float().mean()),
         "dense_fraction": float((density > 0.1).float().mean()),
@@ -82,6 +87,23 @@ def spliced_losses(sae: SAE, model: HookedModel, tokens: torch.Tensor, keep: tor
     }
 
 
+MIN_ABLATION_GAP = 1e-3  # nats: below this, ablating the site does not measurably raise the loss
+
+
+def ce_loss_recovered(clean: float, spliced: float, ablated: float) -> float:
+    """`(ablated − spliced) / (ablated − clean)`, or NaN with a warning when ablating the site raises
+    the loss by less than `MIN_ABLATION_GAP` (the ratio would divide by ~0 and mean nothing)."""
+    gap = ablated - clean
+    if not gap >= MIN_ABLATION_GAP:
+        warnings.warn(
+            f"ce_loss_recovered is undefined (reported as NaN): zero-ablating the site changes the loss by "
+            f"{gap:+.2e} nats (clean {clean:.4f}, ablated {ablated:.4f}), so no loss is there to recover",
+            stacklevel=2,
+        )
+        return math.nan
+    return (ablated - spliced) / gap
+
+
 def evaluate(
     sae: SAE,
     model: HookedModel,
@@ -97,7 +119,7 @@ def evaluate(
     n_batches = 0
     for tokens, acts in batches_with_activations(model, sites, config, corpus):
         if acts[site_in].shape[-1] != sae.cfg.d_in:
-            raise ValueError(
+            raise InputError(
                 f"the SAE reads d_in={sae.cfg.d_in} but {site_in} has width {acts[site_in].shape[-1]}"
             )
         keep = keep_mask(tokens, model.tokenizer, config.exclude_special_tokens)
@@ -107,10 +129,10 @@ def evaluate(
             totals[name] += float(value)
         n_batches += 1
     if not n_batches:
-        raise ValueError("the corpus gave no evaluation batch")
+        raise InputError("the corpus gave no evaluation batch")
     metrics = reconstruction_metrics(sae, torch.cat(xs), torch.cat(ys))
     losses = {name: value / n_batches for name, value in totals.items()}
-    recovered = (losses["ablated"] - losses["spliced"]) / max(losses["ablated"] - losses["clean"], 1e-12)
+    recovered = ce_loss_recovered(losses["clean"], losses["spliced"], losses["ablated"])
     metrics |= {
         "ce_loss_clean": losses["clean"],
         "ce_loss_spliced": losses["spliced"],

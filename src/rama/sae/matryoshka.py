@@ -9,15 +9,15 @@ the SAE is saved as the JumpReLU it is at inference, as SAELens saves it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from itertools import pairwise
 
 import torch
 
-from rama.sae.base import LossOutput, SAEConfig, TrainState, mse_fvu, register
-from rama.sae.batchtopk import BatchTopKSAE
+from rama.errors import ConfigError
+from rama.sae.base import LossOutput, SAEConfig, TrainState, fired_latents, mse_fvu
+from rama.sae.batchtopk import BatchTopKConfig, BatchTopKSAE
 from rama.sae.topk import aux_k_loss
-
-WIDTHS_KEY = "matryoshka_widths"
 
 
 def default_widths(d_sae: int) -> list[int]:
@@ -26,22 +26,37 @@ def default_widths(d_sae: int) -> list[int]:
     return sorted({w for w in widths if w > 0})
 
 
-def matryoshka_widths(cfg: SAEConfig) -> list[int]:
-    """The prefix widths from `cfg.extra["matryoshka_widths"]` (default `default_widths`), checked."""
-    widths = [int(w) for w in cfg.extra.get(WIDTHS_KEY) or default_widths(cfg.d_sae)]
-    increasing = all(a < b for a, b in pairwise(widths))
-    if not widths or widths[0] <= 0 or not increasing or widths[-1] != cfg.d_sae:
-        raise ValueError(
-            f"matryoshka_widths must increase strictly from above 0 and end at d_sae ({cfg.d_sae}), "
-            f"e.g. {default_widths(cfg.d_sae)}; got {widths}"
-        )
-    return widths
+@dataclass
+class MatryoshkaConfig(BatchTopKConfig):
+    """BatchTopK's settings and the nested prefix widths."""
+
+    matryoshka_widths: list[int] | None = field(
+        default=None,
+        metadata={"help": "matryoshka prefix widths, rising to d_sae (default: d_sae/64, /16, /4, d_sae)"},
+    )
+
+    def widths(self, d_sae: int) -> list[int]:
+        """The prefix widths (default `default_widths`), checked."""
+        widths = [int(w) for w in self.matryoshka_widths or default_widths(d_sae)]
+        increasing = all(a < b for a, b in pairwise(widths))
+        if not widths or widths[0] <= 0 or not increasing or widths[-1] != d_sae:
+            raise ConfigError(
+                f"matryoshka_widths must increase strictly from above 0 and end at d_sae ({d_sae}), "
+                f"e.g. {default_widths(d_sae)}; got {widths}"
+            )
+        return widths
+
+    def check(self, d_sae: int) -> None:
+        super().check(d_sae)
+        self.widths(d_sae)
 
 
-@register("matryoshka")
 class MatryoshkaSAE(BatchTopKSAE):
+    config_class = MatryoshkaConfig
+
     def __init__(self, cfg: SAEConfig) -> None:
-        self.widths = matryoshka_widths(cfg)
+        assert isinstance(cfg.arch, MatryoshkaConfig)
+        self.widths = cfg.arch.widths(cfg.d_sae)
         super().__init__(cfg)
 
     def loss(self, x: torch.Tensor, target: torch.Tensor, state: TrainState) -> LossOutput:
@@ -60,13 +75,13 @@ class MatryoshkaSAE(BatchTopKSAE):
         centred = x - self.b_dec if self.subtracts_b_dec else x
         aux = aux_k_loss(self, pre, centred, target - reconstruction, state.dead_mask(), self.cfg.d_in // 2)
         self._update_threshold(values.detach())
-        fired = torch.zeros(self.cfg.d_sae, dtype=torch.bool, device=x.device)
-        fired[latents[values > 0]] = True
-        loss = torch.stack(prefix_fvus).mean() + self.cfg.aux_k_coefficient * aux
+        active = values.detach() > 0
+        fired = fired_latents(latents, active, self.cfg.d_sae)
+        loss = torch.stack(prefix_fvus).mean() + self.settings.aux_k_coefficient * aux
         terms = {
-            "fvu": prefix_fvus[-1].item(),
-            "fvu_first_prefix": prefix_fvus[0].item(),
-            "aux_k": aux.item(),
-            "l0": float((values > 0).sum()) / x.shape[0],
+            "fvu": prefix_fvus[-1].detach(),
+            "fvu_first_prefix": prefix_fvus[0].detach(),
+            "aux_k": aux.detach(),
+            "l0": active.sum().float() / x.shape[0],
         }
         return LossOutput(loss, reconstruction, fired, terms)

@@ -6,12 +6,29 @@ The training hot path never builds a dense `[batch, d_sae]` code for the decoder
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.nn import functional as F
 
-from rama.sae.base import SAE, LossOutput, SAEConfig, TrainState, mse_fvu, register
+from rama.errors import ConfigError
+from rama.metrics import fvu_tensor
+from rama.sae.base import SAE, ArchConfig, LossOutput, SAEConfig, TrainState, fired_latents, mse_fvu, setting
+
+
+@dataclass
+class TopKConfig(ArchConfig):
+    """k active latents per token; AuxK reconstructs the error from dead latents."""
+
+    k: int = setting(32, "active latents per token (on average over a batch for batchtopk, matryoshka)")
+    aux_k_coefficient: float = setting(1 / 32, "weight of the AuxK loss on dead latents (Gao et al. 2024)")
+
+    def check(self, d_sae: int) -> None:
+        if not isinstance(self.k, int) or not 0 < self.k <= d_sae:
+            raise ConfigError(f"k must be an integer with 0 < k <= d_sae ({d_sae}); got k={self.k}")
+        if self.aux_k_coefficient < 0:
+            raise ConfigError(f"aux_k_coefficient must be >= 0; got {self.aux_k_coefficient}")
 
 
 class GatherPre(torch.autograd.Function):
@@ -74,28 +91,32 @@ def aux_k_loss(
 
     `pre` are the pre-activations (no gradient) of the encoder input `x`.
     """
-    if dead is None or not bool(dead.any()):
+    if dead is None or not bool(dead.any()):  # one host sync per step, for the shape of the top-k
         return residual.new_zeros(())
     k = min(k_aux, int(dead.sum()))
     _, indices = pre.detach().masked_fill(~dead, float("-inf")).topk(k, dim=-1, sorted=False)
+    # a dead latent's pre-activation is -inf only if fewer than k are dead: masked values relu to 0
     values = GatherPre.apply(pre.detach(), x, sae.W_enc, sae.b_enc, indices).relu()
     estimate = sparse_decode(indices, values, sae.W_dec)
-    error = (estimate - residual.detach()).pow(2).sum(-1)
-    variance = (residual.detach() - residual.detach().mean(0)).pow(2).sum(-1)
-    return torch.nan_to_num(error.sum() / variance.sum().clamp_min(1e-12))
+    return torch.nan_to_num(fvu_tensor(estimate, residual.detach()))
 
 
-@register("topk")
 class TopKSAE(SAE):
-    takes_k = True
+    config_class = TopKConfig
+    reads_saelens = ("topk",)
+    settings: TopKConfig
 
     def __init__(self, cfg: SAEConfig) -> None:
-        if not cfg.k or not 0 < cfg.k <= cfg.d_sae:
-            raise ValueError(f"a topk SAE needs 0 < k <= d_sae ({cfg.d_sae}); got k={cfg.k}")
+        assert isinstance(cfg.arch, TopKConfig)
+        cfg.arch.check(cfg.d_sae)
         super().__init__(cfg)
+        self.settings = cfg.arch
+
+    def saelens_settings(self) -> dict[str, Any]:
+        return {"k": self.settings.k, "rescale_acts_by_decoder_norm": False}
 
     def select(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        values, indices = pre.topk(int(self.cfg.k or 1), dim=-1, sorted=False)
+        values, indices = pre.topk(self.settings.k, dim=-1, sorted=False)
         return values.relu(), indices
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
@@ -106,13 +127,13 @@ class TopKSAE(SAE):
         centred = x - self.b_dec if self.subtracts_b_dec else x
         with torch.no_grad():
             pre = torch.addmm(self.b_enc, centred, self.W_enc)
-            _, indices = pre.topk(int(self.cfg.k or 1), dim=-1, sorted=False)
+            _, indices = pre.topk(self.settings.k, dim=-1, sorted=False)
         values = GatherPre.apply(pre, centred, self.W_enc, self.b_enc, indices).relu()
         reconstruction = sparse_decode(indices, values, self.W_dec) + self.b_dec + self.skip(x)
         _, fvu = mse_fvu(reconstruction, target)
         aux = aux_k_loss(self, pre, centred, target - reconstruction, state.dead_mask(), self.cfg.d_in // 2)
-        loss = fvu + self.cfg.aux_k_coefficient * aux
-        fired = torch.zeros(self.cfg.d_sae, dtype=torch.bool, device=x.device)
-        fired[indices[values > 0]] = True
-        l0 = float((values > 0).sum(-1).float().mean())
-        return LossOutput(loss, reconstruction, fired, {"fvu": fvu.item(), "aux_k": aux.item(), "l0": l0})
+        loss = fvu + self.settings.aux_k_coefficient * aux
+        active = values.detach() > 0
+        fired = fired_latents(indices, active, self.cfg.d_sae)
+        l0 = active.sum(-1).float().mean()
+        return LossOutput(loss, reconstruction, fired, {"fvu": fvu.detach(), "aux_k": aux.detach(), "l0": l0})

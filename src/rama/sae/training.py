@@ -7,13 +7,14 @@ training and the scale is folded back into the weights, so the returned SAE work
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,45 +23,11 @@ from tqdm import tqdm
 
 from rama.activations import STATS_SAMPLE_TOKENS, BatchSource, TensorBatches
 from rama.atomic import write_text
-from rama.sae.base import SAE, SAEConfig, TrainState, sae_class
-from rama.sae.matryoshka import WIDTHS_KEY
+from rama.errors import ConfigError, InputError
+from rama.sae.base import SAE, SAEConfig, TrainState
+from rama.sae.train_config import TrainConfig, resume_differences
 
-
-@dataclass
-class TrainConfig:
-    """Hyper-parameters; the defaults are each architecture's published recipe where one exists."""
-
-    architecture: str = "topk"
-    d_sae: int = 4096
-    k: int | None = 32
-    l1_coefficient: float = 0.0
-    l0_coefficient: float = 0.0
-    target_l0: float | None = None  # steer the sparsity coefficient to this L0 (L1/L0-penalty SAEs)
-    target_l0_rate: float = 0.02  # how fast: log-coefficient change per step at a 2.7x L0 miss
-    lr: float | None = None  # None: 2e-4 / sqrt(d_sae / 16384) (Gao et al. 2024)
-    batch_size: int = 4096
-    total_tokens: int = 2_000_000
-    lr_warmup_fraction: float = 0.01
-    lr_decay_fraction: float = 0.2
-    sparsity_warmup_fraction: float = 0.05
-    dead_after_tokens: int | None = None  # None: min(1M, total_tokens / 4)
-    b_dec_init: str = "geometric_median"  # or "mean", "zeros"
-    normalize: bool = True
-    skip_connection: bool = False
-    matryoshka_widths: list[int] | None = None  # matryoshka: nested prefix widths (None: the default)
-    seed: int = 0
-    device: str = "cpu"  # where the SAE trains ("cuda", "cuda:1", ...); batches move there step by step
-    checkpoint_dir: str | None = None
-    checkpoint_every: int = 100  # steps
-    log_every: int = 10
-    progress: bool = True
-    sae_extra: dict[str, Any] = field(default_factory=dict)
-
-    def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else 2e-4 / math.sqrt(self.d_sae / 16384)
-
-    def total_steps(self) -> int:
-        return max(1, self.total_tokens // self.batch_size)
+__all__ = ["TrainConfig", "fit"]
 
 
 def lr_factor(step: int, total: int, warmup: float, decay: float) -> float:
@@ -88,31 +55,16 @@ def mean_square_scale(data: torch.Tensor) -> float:
 
 
 def build_sae(config: TrainConfig, d_in: int, d_out: int | None, meta: dict[str, Any]) -> SAE:
+    """The SAE `config` describes, initialised from `config.seed` (its settings already validated)."""
     cfg = SAEConfig(
         d_in=d_in,
         d_sae=config.d_sae,
         architecture=config.architecture,
         d_out=d_out,
-        k=config.k if sae_class(config.architecture).takes_k else None,
-        l1_coefficient=config.l1_coefficient,
-        l0_coefficient=config.l0_coefficient,
+        arch=copy.deepcopy(config.arch),  # `finish` records the final coefficient in the SAE's copy
         skip_connection=config.skip_connection,
         **{**meta, **config.sae_extra},
     )
-    if config.matryoshka_widths is not None:
-        if config.architecture != "matryoshka":
-            raise ValueError(
-                f"matryoshka_widths is for the 'matryoshka' architecture; got {config.architecture!r}"
-            )
-        cfg.extra = {**cfg.extra, WIDTHS_KEY: list(config.matryoshka_widths)}
-    coefficient = sae_class(cfg.architecture).training_coefficient
-    if coefficient is not None and getattr(cfg, coefficient) <= 0:
-        raise ValueError(f"training a {cfg.architecture!r} SAE needs {coefficient} > 0")
-    if config.target_l0 is not None and (coefficient is None or config.target_l0 <= 0):
-        raise ValueError(
-            f"target_l0 steers an L1 or L0 penalty and must be > 0; a {cfg.architecture!r} SAE "
-            + ("has none (set its k instead)" if coefficient is None else f"got {config.target_l0}")
-        )
     torch.manual_seed(config.seed)
     return SAE.create(cfg)
 
@@ -135,10 +87,10 @@ def check_device(name: str) -> torch.device:
     except RuntimeError:
         device = None
     if device is None or device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N'; got {name!r}")
+        raise ConfigError(f"device must be 'cpu', 'cuda' or 'cuda:N'; got {name!r}")
     count = torch.cuda.device_count()
     if device.type == "cuda" and (count == 0 or (device.index or 0) >= count):
-        raise ValueError(
+        raise ConfigError(
             f"device {name!r} is not available: this machine has {count} CUDA device(s); use 'cpu'"
         )
     return device
@@ -174,10 +126,12 @@ def init_decoder_bias(sae: SAE, targets: torch.Tensor, how: str) -> None:
     elif how == "mean":
         sae.b_dec.copy_(targets.mean(0))
     elif how != "zeros":
-        raise ValueError(f"b_dec_init must be 'geometric_median', 'mean' or 'zeros', not {how!r}")
+        raise ConfigError(f"b_dec_init must be 'geometric_median', 'mean' or 'zeros', not {how!r}")
 
 
-def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, config: TrainConfig) -> dict[str, float]:
+def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, config: TrainConfig) -> dict[str, torch.Tensor]:
+    """One optimiser step; returns the loss and the architecture's terms as detached 0-d tensors,
+    left on the device (`log_record` moves them to the host when a line is logged)."""
     sae, state = run.sae, run.state
     for group in run.optimizer.param_groups:
         group["lr"] = (
@@ -193,18 +147,27 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, config: TrainConfig) 
     sae.remove_parallel_decoder_grad()
     run.optimizer.step()
     sae.normalize_decoder()
-    if config.target_l0 is not None:
-        steer_coefficient(state, out.terms["l0"], config.target_l0, config.target_l0_rate)
+    if config.target_l0 is not None:  # the controller needs the L0 on the host: one sync, only here
+        steer_coefficient(state, float(out.terms["l0"]), config.target_l0, config.target_l0_rate)
     assert state.tokens_since_fired is not None
     state.tokens_since_fired.add_(x.shape[0]).masked_fill_(out.fired, 0)
     state.step += 1
-    dead = float((state.tokens_since_fired >= state.dead_after_tokens).float().mean())
+    return {"loss": out.loss.detach(), **out.terms}
+
+
+def log_record(run: Run, terms: dict[str, torch.Tensor]) -> dict[str, float]:
+    """A metrics line: the step's terms moved to the host, with the dead fraction and coefficient."""
+    state = run.state
+    assert state.tokens_since_fired is not None
+    dead = (state.tokens_since_fired >= state.dead_after_tokens).float().mean()
+    names = [*terms, "dead_fraction"]
+    host = dict(zip(names, torch.stack([*terms.values(), dead]).tolist(), strict=True))  # one transfer
     return {
         "step": state.step,
-        "loss": out.loss.item(),
-        "dead_fraction": dead,
+        "loss": host.pop("loss"),
+        "dead_fraction": host.pop("dead_fraction"),
         "coefficient_multiplier": state.coefficient_multiplier,
-        **out.terms,
+        **host,
     }
 
 
@@ -228,9 +191,12 @@ def fit(
     on a streaming `BatchSource` (see `rama.activations.StreamingBatches`).
 
     `fit(acts, architecture="topk", d_sae=4096, k=32, total_tokens=2_000_000)`; keyword overrides
-    apply on top of `config`. The returned SAE works on raw (unscaled) activations, in eval mode.
+    (training settings and the architecture's, as in `TrainConfig.create`) apply on top of `config`.
+    With `checkpoint_dir`, a checkpoint there is resumed only if it was trained with the same
+    settings (else a ConfigError names the differences). The returned SAE works on raw (unscaled)
+    activations, in eval mode.
     """
-    config = TrainConfig(**{**asdict(config or TrainConfig()), **overrides})
+    config = (config or TrainConfig()).with_settings(**overrides)
     data: BatchSource = (
         TensorBatches(activations, targets, config.batch_size, config.seed)
         if isinstance(activations, torch.Tensor)
@@ -238,13 +204,16 @@ def fit(
     )
     checkpoint = Path(config.checkpoint_dir) / "checkpoint.pt" if config.checkpoint_dir else None
     run = init_run(config, data, metadata or {})
+    settings = run_settings(config, metadata or {})
     if checkpoint is not None and checkpoint.exists():
-        load_checkpoint(run, checkpoint)
-    run_steps(run, data, config, checkpoint)
+        load_checkpoint(run, checkpoint, settings)
+    run_steps(run, data, config, checkpoint, settings)
     return finish(run, data.inputs[:STATS_SAMPLE_TOKENS].float())
 
 
-def run_steps(run: Run, data: BatchSource, config: TrainConfig, checkpoint: Path | None) -> None:
+def run_steps(
+    run: Run, data: BatchSource, config: TrainConfig, checkpoint: Path | None, settings: dict[str, Any]
+) -> None:
     metrics_path = checkpoint.parent / "metrics.jsonl" if checkpoint else None
     if metrics_path is not None:
         metrics_path.parent.mkdir(parents=True, exist_ok=True)
@@ -252,7 +221,7 @@ def run_steps(run: Run, data: BatchSource, config: TrainConfig, checkpoint: Path
     batches = data.from_step(run.state.step)  # before the bar: a stream fills its buffer here
     bar = tqdm(total=run.state.total_steps, initial=run.state.step, disable=not config.progress, unit="step")
     try:
-        _steps(run, batches, config, bar, checkpoint, metrics_path)
+        _steps(run, batches, config, bar, checkpoint, metrics_path, settings)
     finally:
         close = getattr(batches, "close", None)
         if close is not None:
@@ -267,20 +236,22 @@ def _steps(
     bar: Any,
     checkpoint: Path | None,
     metrics_path: Path | None,
+    settings: dict[str, Any],
 ) -> None:
     start, start_step = time.perf_counter(), run.state.step
     while run.state.step < run.state.total_steps:
         batch = next(batches, None)
         if batch is None:
-            raise ValueError(
+            raise InputError(
                 f"the activation stream ended after {run.state.step} of {run.state.total_steps} steps; "
                 f"harvest more tokens than total_tokens, or train on a corpus that holds that many (a stream "
                 f"also ends where its corpus does; the built-in one holds about 6 M training tokens)"
             )
         x, y = batch
-        record = train_step(run, x, y, config)
+        terms = train_step(run, x, y, config)
         bar.update(1)
         if run.state.step % config.log_every == 0 or run.state.step == run.state.total_steps:
+            record = log_record(run, terms)
             rate = (run.state.step - start_step) * config.batch_size / max(time.perf_counter() - start, 1e-9)
             record["tokens_per_s"] = rate
             bar.set_postfix(
@@ -293,7 +264,17 @@ def _steps(
                 with open(metrics_path, "a") as handle:
                     handle.write(json.dumps(record) + "\n")
         if checkpoint is not None and run.state.step % config.checkpoint_every == 0:
-            save_checkpoint(run, checkpoint)
+            save_checkpoint(run, checkpoint, settings)
+
+
+# the SAE metadata a checkpoint's run is tied to (the site it reads and predicts, the model)
+RUN_METADATA = ("model_name", "hook_name", "hook_name_out", "context_size")
+
+
+def run_settings(config: TrainConfig, metadata: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint records of its run, flat: every training and architecture setting, and
+    the model and sites it trains on. A resume compares these (`resume_differences`)."""
+    return {**config.to_dict(), **{k: metadata.get(k, "") for k in RUN_METADATA}}
 
 
 def trim_metrics(path: Path, step: int) -> None:
@@ -304,28 +285,50 @@ def trim_metrics(path: Path, step: int) -> None:
     write_text(path, "\n".join(kept) + "\n" if kept else "")
 
 
-def save_checkpoint(run: Run, path: Path) -> None:
+def save_checkpoint(run: Run, path: Path, settings: dict[str, Any]) -> None:
+    """Everything a resume needs, with the run's settings, written to a staging file that is renamed
+    into place: a run killed mid-write (Ctrl-C included) leaves the previous checkpoint whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".checkpoint.")
     os.close(handle)
-    torch.save(
-        {
-            "sae": run.sae.state_dict(),
-            "optimizer": run.optimizer.state_dict(),
-            "step": run.state.step,
-            "tokens_since_fired": run.state.tokens_since_fired,
-            "coefficient_multiplier": run.state.coefficient_multiplier,
-            "scale_in": run.scale_in,
-            "scale_out": run.scale_out,
-        },
-        temporary,
-    )
-    os.replace(temporary, path)
+    try:
+        torch.save(
+            {
+                "sae": run.sae.state_dict(),
+                "optimizer": run.optimizer.state_dict(),
+                "step": run.state.step,
+                "tokens_since_fired": run.state.tokens_since_fired,
+                "coefficient_multiplier": run.state.coefficient_multiplier,
+                "scale_in": run.scale_in,
+                "scale_out": run.scale_out,
+                "settings": json.dumps(settings),
+            },
+            temporary,
+        )
+        os.replace(temporary, path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
 
 
-def load_checkpoint(run: Run, path: Path) -> None:
+def load_checkpoint(run: Run, path: Path, settings: dict[str, Any]) -> None:
+    """Resume from `path` if it was trained with `settings`; otherwise a ConfigError naming each
+    difference (a checkpoint from before settings were recorded is checked by its weights' shapes)."""
     saved = torch.load(path, map_location=run.sae.W_enc.device, weights_only=True)
-    run.sae.load_state_dict(saved["sae"])
+    if "settings" in saved:
+        differences = resume_differences(json.loads(saved["settings"]), settings)
+        if differences:
+            raise ConfigError(
+                f"{str(path.parent)!r} holds a checkpoint of another run; it was trained with "
+                + "; ".join(differences)
+                + ". Use another output folder, or delete the checkpoint to start over"
+            )
+    try:
+        run.sae.load_state_dict(saved["sae"])
+    except RuntimeError as error:  # an older checkpoint of another width or architecture
+        raise ConfigError(
+            f"{str(path.parent)!r} holds a checkpoint of an SAE of another shape than this run asks "
+            f"(d_sae={run.sae.cfg.d_sae}, architecture {run.sae.architecture!r}): {str(error).splitlines()[-1]}"
+        ) from None
     run.optimizer.load_state_dict(saved["optimizer"])
     run.state.step = int(saved["step"])
     run.state.tokens_since_fired = saved["tokens_since_fired"]
@@ -341,8 +344,8 @@ def finish(run: Run, sample: torch.Tensor) -> SAE:
     sae.calibrate(sample.to(sae.W_enc.device) * run.scale_in)
     coefficient = sae.training_coefficient
     if coefficient is not None:
-        final = getattr(sae.cfg, coefficient) * run.state.coefficient_multiplier
-        setattr(sae.cfg, coefficient, final)
+        final = getattr(sae.cfg.arch, coefficient) * run.state.coefficient_multiplier
+        setattr(sae.cfg.arch, coefficient, final)
     fold_scales(sae, run.scale_in, run.scale_out)
     sae.eval()
     return sae
