@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 import torch
 
+from rama.activations import HarvestConfig, harvest
 from rama.metrics import fvu
-from rama.sae import HarvestConfig, fit, harvest
+from rama.sae import fit
 
 pytestmark = pytest.mark.slow
 SITE = "blocks.5.hook_resid_post"
