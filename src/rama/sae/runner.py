@@ -14,7 +14,7 @@ import os
 import shutil
 import time
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -258,7 +258,7 @@ def train_prepared(
 def save_trained(sae: SAE, out: Path, config: TrainConfig) -> None:
     """Save the SAE, its training config and curve; the checkpoint is no longer needed."""
     sae.save(out)
-    write_text(out / "train_config.json", json.dumps(asdict(config), indent=2))
+    write_text(out / "train_config.json", json.dumps(config.to_dict(), indent=2))
     finished = out / "checkpoint"
     if (finished / "metrics.jsonl").exists():
         os.replace(finished / "metrics.jsonl", out / "metrics.jsonl")
