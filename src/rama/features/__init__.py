@@ -1,5 +1,7 @@
 """Features: what SAE latents respond to (top activations now; dashboards later)."""
 
+from rama.features.analysis import BuildConfig, FeatureAnalysis, analyse
+from rama.features.builder import build
 from rama.features.search import (
     LatentEffect,
     LatentMatch,
@@ -9,16 +11,28 @@ from rama.features.search import (
     latents_by_effect,
     latents_by_effect_per_concept,
 )
+from rama.features.store import FeatureStore, StoreError, StoreMismatchError
+from rama.features.summaries import SummaryConfig, UnitStats, merge
 from rama.features.top_activations import TopActivation, top_activations
 
 __all__ = [
+    "BuildConfig",
+    "FeatureAnalysis",
+    "FeatureStore",
     "LatentEffect",
     "LatentMatch",
+    "StoreError",
+    "StoreMismatchError",
+    "SummaryConfig",
     "TopActivation",
+    "UnitStats",
+    "analyse",
+    "build",
     "concept_token_ids",
     "find_latents",
     "latents_by_contrast",
     "latents_by_effect",
     "latents_by_effect_per_concept",
+    "merge",
     "top_activations",
 ]
