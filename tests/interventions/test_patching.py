@@ -141,6 +141,8 @@ def test_a_metric_with_one_value_per_prompt_is_refused_with_the_fix(ioi_pair) ->
     for call in calls:
         with pytest.raises(InputError, match=r"must return a scalar.*\(24,\).*\.mean\(\)"):
             call()
+    with pytest.raises(InputError, match="scalar tensor computed from the logits; it returned a float"):
+        activation_patching(pair.model, pair.clean, pair.corrupted, lambda logits: 1.0, sweep="heads")  # type: ignore[arg-type, return-value]
     reduced = activation_patching(
         pair.model, pair.clean, pair.corrupted, lambda logits: per_prompt(logits).mean(), sweep="heads"
     )

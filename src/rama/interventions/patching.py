@@ -99,11 +99,16 @@ def metric_value(metric: Metric, logits: torch.Tensor) -> torch.Tensor:
     """The metric on `logits`, checked to be one number (a 0-d tensor, kept on the graph): a
     patching score compares single values, so a metric with one value per prompt must be reduced."""
     value = metric(logits)
-    if not isinstance(value, torch.Tensor) or value.numel() != 1:
-        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+    if not isinstance(value, torch.Tensor):
+        raise InputError(
+            f"the patching metric must return a scalar tensor computed from the logits; it returned "
+            f"a {type(value).__name__}"
+        )
+    if value.numel() != 1:
         raise InputError(
             f"the patching metric must return a scalar (one number for the whole batch); it returned "
-            f"{shape}, one value per prompt? Reduce it, e.g. `lambda logits: my_metric(logits).mean()`"
+            f"shape {tuple(value.shape)}, one value per prompt: reduce it, e.g. "
+            f"`lambda logits: my_metric(logits).mean()`"
         )
     return value.reshape(())
 
