@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import rama
-from cli_helpers import rama_cli
+from cli_helpers import rama_cli, rama_in_process
 
 
 def test_version_and_help_with_examples() -> None:
@@ -50,9 +50,63 @@ def test_demo_writes_its_figure_and_summary(tmp_path: Path, smollm: object) -> N
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert " Berlin" in summary["completion"] and summary["tokens"] == 256
-    assert len(summary["residual_norms"]["position_0"]) == 30 and summary["top_induction_heads"]
-    assert max(summary["top_induction_heads"].values()) > 0.5  # SmolLM2 has strong induction heads
+    assert list(summary["steps"]) == ["completion", "residual", "previous-token", "induction", "sae"]
+    assert all(step["seconds"] > 0 for step in summary["steps"].values())
+    assert summary["total_seconds"] >= sum(step["seconds"] for step in summary["steps"].values())
+    assert " Berlin" in summary["completion"]["completion"] and summary["residual"]["tokens"] == 256
+    assert len(summary["residual"]["position_0"]) == 30
+    assert max(summary["induction"]["top_heads"].values()) > 0.5  # SmolLM2 has strong induction heads
+    assert len(summary["previous-token"]["scores"]) == 30 and len(summary["previous-token"]["scores"][0]) == 9
     assert (tmp_path / "overview.png").stat().st_size > 20_000
     assert summary["sae"]["metrics"]["l0"] == pytest.approx(16, abs=0.5)
     assert (tmp_path / "sae" / "sae_weights.safetensors").exists() and "latent" in result.stdout
+    assert "time:" in result.stdout and "budget 300 s" in result.stdout
+
+
+@pytest.mark.slow
+def test_demo_runs_only_the_steps_asked_for(tmp_path: Path, smollm: object) -> None:
+    result = rama_in_process("demo", "--steps", "induction,completion", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert list(summary["steps"]) == ["completion", "induction"]  # the demo's order, not the option's
+    assert "residual" not in summary and (tmp_path / "overview.png").is_file()
+
+
+def test_demo_steps_are_plug_ins(tmp_path: Path) -> None:
+    """A step defined here joins the demo: its numbers and time go to summary.json, its panel to the figure."""
+    from rama.cli.demo import DemoConfig, DemoContext, DemoStep, run_demo
+    from rama.toys import pretrained
+
+    def count_layers(context: DemoContext) -> dict[str, object]:
+        return {"layers": context.model.cfg.n_layers, "out": str(context.out)}
+
+    def reuse(context: DemoContext) -> dict[str, object]:
+        return {"twice": 2 * context.results["layers"]["layers"]}  # an earlier step's numbers
+
+    def draw(axis: object, numbers: dict[str, object]) -> None:
+        axis.bar(["layers"], [numbers["twice"]])  # type: ignore[attr-defined]
+
+    steps = (DemoStep("layers", "Layers", count_layers), DemoStep("twice", "Twice the layers", reuse, draw))
+    config = DemoConfig(model=str(pretrained("ioi")), out=str(tmp_path / "demo"), steps="")
+    assert run_demo(config, steps) == 0
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert summary["layers"] == {"layers": 3, "out": str(tmp_path / "demo")} and summary["twice"] == {
+        "twice": 6
+    }
+    assert (
+        summary["steps"]["twice"]["title"] == "Twice the layers"
+        and summary["steps"]["layers"]["seconds"] >= 0
+    )
+    assert (tmp_path / "demo" / "overview.png").stat().st_size > 5_000
+    only = DemoConfig(model=str(pretrained("ioi")), out=str(tmp_path / "only"), steps="layers")
+    assert run_demo(only, steps) == 0
+    assert not (tmp_path / "only" / "overview.png").exists()  # no step that draws: no figure
+    assert not [p for p in (tmp_path / "demo").iterdir() if p.name.startswith(".")]  # nothing half-written
+
+
+def test_unknown_demo_steps_are_refused_with_the_known_ones() -> None:
+    result = rama_in_process("demo", "--steps", "completion,circuits", "--model", "/nonexistent")
+    assert result.returncode == 1
+    assert (
+        "unknown demo step(s) circuits; the steps are: completion, residual, previous-token" in result.stderr
+    )

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import torch
 from transformers import GPT2LMHeadModel
 
 import rama
-from cli_helpers import rama_cli
+from cli_helpers import rama_cli, rama_in_process
 
 
 def test_train_writes_a_loadable_toy_and_never_overwrites(tmp_path: Path) -> None:
@@ -50,3 +51,16 @@ def test_unknown_toys_and_missing_out_are_clear_errors() -> None:
     assert result.returncode == 1 and "--out" in result.stderr
     listing = rama_cli("toys", "list")
     assert listing.returncode == 0 and "superposition" in listing.stdout and "induction-2l" in listing.stdout
+
+
+def test_a_folder_with_files_is_refused_before_training(tmp_path: Path) -> None:
+    out = tmp_path / "toy"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    started = time.perf_counter()
+    result = rama_in_process("toys", "train", "ioi", "--out", str(out))  # 1,500 steps if it trained
+    assert time.perf_counter() - started < 1.0
+    assert result.returncode == 1 and "already holds files" in result.stderr
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    bad = rama_in_process("toys", "train", "ioi", "--steps", "0", "--out", str(tmp_path / "new"))
+    assert bad.returncode == 1 and "--steps must be at least 1" in bad.stderr

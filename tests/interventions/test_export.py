@@ -68,6 +68,18 @@ def test_export_of_a_shipped_toy_and_bad_requests(tmp_path: Path) -> None:
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # nothing half-written
 
 
+def test_a_killed_exports_staging_folder_is_removed_by_the_next_run(tmp_path: Path) -> None:
+    model = tiny("gpt2")
+    vector = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(3))
+    stale = tmp_path / ".steered.x7f3k2q9"  # the staging folder a killed export leaves beside its target
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"half a file")
+    mine = tmp_path / ".steered-notes"  # not a staging name of `steered`: left alone
+    mine.write_text("keep")
+    check_same(model, "blocks.0.hook_mlp_out", vector, 1.0, tmp_path / "steered")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".steered-notes", "steered"]
+
+
 @pytest.mark.slow
 def test_smollm2_steered_export_generates_what_rama_generates(
     smollm: rama.HookedModel, tmp_path: Path

@@ -1,17 +1,22 @@
-"""`rama demo`: the main job on the embedded default model, end to end, offline.
+"""`rama demo`: the main job on the embedded default model, end to end, offline — as plug-in steps.
 
-Loads SmolLM2-135M and the built-in corpus, completes a prompt, streams corpus batches through the
-model with hooks (residual-stream norms per layer, previous-token heads), finds induction heads on
-repeated random tokens, and writes a figure and a JSON summary.
+A step is a `DemoStep`: a name (for `--steps`), a title, a function that takes the shared
+`DemoContext` (model, corpus batches, output folder, options, earlier steps' numbers) and returns
+its numbers for `summary.json`, and optionally a function that draws its panel of `overview.png`
+from those numbers. `STEPS` lists them in the order they run; adding a step to the demo is one record
+there. Each step's wall time is written to `summary.json` (`seconds`) and the total is printed
+against `BUDGET_S`: the whole demo stays under five minutes on a 2-core CPU once the model and
+corpus are cached.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
-from dataclasses import asdict, dataclass
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +24,12 @@ import torch
 from tqdm import tqdm
 
 from rama.cli.options import add_options, from_args, option
+from rama.errors import ConfigError
 
 PROMPT = "The capital of France is Paris. The capital of Germany is"
+BUDGET_S = 300.0  # the whole demo on a 2-core CPU, model and corpus cached
+
+Numbers = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -28,6 +37,7 @@ class DemoConfig:
     model: str = option("smollm2-135m", "built-in name, local HF folder or hub id")
     corpus: str | None = option(None, "corpus file/folder (default: the built-in English corpus)")
     out: str = option("rama-demo", "folder for overview.png and summary.json")
+    steps: str = option("", "comma-separated steps to run (default: all; see the list below)")
     batches: int = option(4, "corpus batches to stream through the model")
     batch_size: int = option(8, "contexts per batch")
     context_size: int = option(128, "tokens per context")
@@ -36,18 +46,52 @@ class DemoConfig:
     sae_eval_tokens: int = option(8192, "held-out tokens for the demo SAE's metrics")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "demo",
-        help="the main job on the built-in model and corpus (offline)",
-        epilog="example: rama demo --batches 2 --out /tmp/rama-demo",
-    )
-    add_options(parser, DemoConfig)
-    parser.set_defaults(handler=lambda ns: run_demo(from_args(DemoConfig, ns)))
+class DemoContext:
+    """What every step shares: the model, the options, the output folder, the corpus batches (built on
+    first use, so steps that need no corpus do not wait for it) and earlier steps' numbers."""
+
+    def __init__(self, model: Any, config: DemoConfig, out: Path) -> None:
+        self.model = model
+        self.config = config
+        self.out = out
+        self.results: dict[str, Numbers] = {}
+
+    @cached_property
+    def batches(self) -> list[torch.Tensor]:
+        """Corpus token batches, each [batch, context_size]."""
+        from rama.data import PackConfig, token_batches
+
+        config = self.config
+        return list(
+            token_batches(
+                self.model.tokenizer,
+                config.corpus,
+                batch_size=config.batch_size,
+                config=PackConfig(context_size=config.context_size),
+                max_tokens=config.batches * config.batch_size * config.context_size,
+            )
+        )
 
 
-def residual_norms(model: Any, batches: list[torch.Tensor]) -> dict[str, list[float]]:
+@dataclass(frozen=True)
+class DemoStep:
+    """One plug-in step of the demo; `draw(axis, numbers)` draws its panel of the overview figure."""
+
+    name: str
+    title: str
+    run: Callable[[DemoContext], Numbers]
+    draw: Callable[[Any, Numbers], None] | None = field(default=None)
+
+
+def complete(context: DemoContext) -> Numbers:
+    completion = context.model.generate(PROMPT, max_new_tokens=8)
+    print(f"completion: {completion!r}")
+    return {"prompt": PROMPT, "completion": completion}
+
+
+def residual_norms(context: DemoContext) -> Numbers:
     """Mean `resid_post` norm per layer, at position 0 and at every later position."""
+    model, batches = context.model, context.batches
     first = torch.zeros(model.cfg.n_layers)
     rest = torch.zeros(model.cfg.n_layers)
     for tokens in tqdm(batches, desc="residual stream", unit="batch"):
@@ -56,54 +100,57 @@ def residual_norms(model: Any, batches: list[torch.Tensor]) -> dict[str, list[fl
         norms = cache.stack("hook_resid_post").norm(dim=-1)  # [layer, batch, pos]
         first += norms[:, :, 0].mean(1) / len(batches)
         rest += norms[:, :, 1:].mean((1, 2)) / len(batches)
-    return {"position_0": first.tolist(), "other_positions": rest.tolist()}
-
-
-def run_demo(config: DemoConfig) -> int:
-    from rama import load
-    from rama.circuits import induction_scores, previous_token_scores
-    from rama.data import PackConfig, token_batches
-
-    model = load(config.model)
-    print(f"# {model!r}")
-    completion = model.generate(PROMPT, max_new_tokens=8)
-    print(f"completion: {completion!r}")
-    pack = PackConfig(context_size=config.context_size)
-    batches = list(
-        token_batches(
-            model.tokenizer,
-            config.corpus,
-            batch_size=config.batch_size,
-            config=pack,
-            max_tokens=config.batches * config.batch_size * config.context_size,
-        )
-    )
-    norms = residual_norms(model, batches)
-    previous = previous_token_scores(model, tqdm(batches, desc="previous-token heads", unit="batch"))
-    induction = induction_scores(model)
-    summary = {
-        "config": asdict(config),
-        "model": model.cfg.to_dict(),
-        "completion": completion,
+    return {
         "tokens": sum(b.numel() for b in batches),
-        "residual_norms": norms,
-        "top_previous_token_heads": top_heads(previous),
-        "top_induction_heads": top_heads(induction),
+        "position_0": first.tolist(),
+        "other_positions": rest.tolist(),
     }
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "summary.json", json.dumps(summary, indent=2))
-    plot_overview(out / "overview.png", norms, previous, induction, model.cfg.name)
-    if config.sae_tokens > 0:
-        summary["sae"] = demo_sae(model, config, out, batches)
-        write_atomic(out / "summary.json", json.dumps(summary, indent=2))
-    print(f"previous-token heads (layer.head: score): {summary['top_previous_token_heads']}")
-    print(f"induction heads (layer.head: score): {summary['top_induction_heads']}")
-    print(f"wrote {out / 'summary.json'} and {out / 'overview.png'}")
-    return 0
 
 
-def demo_sae(model: Any, config: DemoConfig, out: Path, batches: list[torch.Tensor]) -> dict[str, Any]:
+def draw_norms(axis: Any, numbers: Numbers) -> None:
+    layers = range(len(numbers["position_0"]))
+    axis.plot(layers, numbers["position_0"], marker="o", label="position 0")
+    axis.plot(layers, numbers["other_positions"], marker="o", label="positions 1…")
+    axis.set(yscale="log", xlabel="layer", ylabel="mean ‖resid_post‖ (log scale)")
+    axis.legend()
+
+
+def head_numbers(scores: torch.Tensor, k: int = 5) -> Numbers:
+    """The top `k` heads ("layer.head": score) and every head's score, [layer][head]."""
+    values, flat = scores.flatten().topk(k)
+    n_heads = scores.shape[1]
+    top = {
+        f"{i // n_heads}.{i % n_heads}": round(v, 3)
+        for v, i in zip(values.tolist(), flat.tolist(), strict=True)
+    }
+    return {"top_heads": top, "scores": [[round(s, 4) for s in row] for row in scores.tolist()]}
+
+
+def previous_token_heads(context: DemoContext) -> Numbers:
+    from rama.circuits import previous_token_scores
+
+    batches = tqdm(context.batches, desc="previous-token heads", unit="batch")
+    numbers = head_numbers(previous_token_scores(context.model, batches))
+    print(f"previous-token heads (layer.head: score): {numbers['top_heads']}")
+    return numbers
+
+
+def induction_heads(context: DemoContext) -> Numbers:
+    from rama.circuits import induction_scores
+
+    numbers = head_numbers(induction_scores(context.model))
+    print(f"induction heads (layer.head: score): {numbers['top_heads']}")
+    return numbers
+
+
+def draw_heads(axis: Any, numbers: Numbers) -> None:
+    scores = torch.tensor(numbers["scores"])  # [layer, head]
+    image = axis.imshow(scores.T.numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=1, origin="lower")
+    axis.set(xlabel="layer", ylabel="head")
+    axis.figure.colorbar(image, ax=axis, label="mean attention")
+
+
+def demo_sae(context: DemoContext) -> Numbers:
     """Train a small TopK SAE (streaming), evaluate it, and show what a few of its latents respond to."""
     import shutil
 
@@ -113,9 +160,12 @@ def demo_sae(model: Any, config: DemoConfig, out: Path, batches: list[torch.Tens
     from rama.features import top_activations
     from rama.sae import TrainConfig, train
 
-    folder = out / "sae"
+    config, model = context.config, context.model
+    if config.sae_tokens <= 0:
+        return {"skipped": "--sae-tokens 0"}
+    folder = context.out / "sae"
     shutil.rmtree(folder, ignore_errors=True)  # the demo's own output from an earlier run
-    train_config = TrainConfig(
+    train_config = TrainConfig.create(
         architecture="topk", d_sae=2048, k=16, total_tokens=config.sae_tokens, batch_size=2048
     )
     harvest = HarvestConfig(
@@ -124,18 +174,13 @@ def demo_sae(model: Any, config: DemoConfig, out: Path, batches: list[torch.Tens
         context_size=config.context_size,
     )
     sae, metrics = train(
-        model,
-        config.sae_site,
-        folder,
-        config=train_config,
-        harvest_config=harvest,
-        eval_tokens=config.sae_eval_tokens,
-        stream=True,
-    )
+        model, config.sae_site, folder, config=train_config, harvest_config=harvest,
+        eval_tokens=config.sae_eval_tokens, stream=True,
+    )  # fmt: skip
     density = load_file(str(folder / "sparsity.safetensors"))["sparsity"]
     band = ((density > -3) & (density < -1.5)).nonzero().flatten()
     chosen = band[torch.randperm(band.numel(), generator=torch.Generator().manual_seed(0))[:6]].tolist()
-    examples = top_activations(sae, model, batches, chosen, k=4)
+    examples = top_activations(sae, model, context.batches, chosen, k=4)
     print(
         f"SAE on {config.sae_site}: FVU {metrics['fvu']:.3f}, L0 {metrics['l0']:.1f}, "
         f"CE loss recovered {metrics['ce_loss_recovered']:.3f}, dead {metrics['dead_fraction']:.1%}"
@@ -144,57 +189,98 @@ def demo_sae(model: Any, config: DemoConfig, out: Path, batches: list[torch.Tens
         print(f"  latent {latent}: " + " | ".join(repr(a.context[-40:]) for a in found[:3]))
     keys = ("fvu", "l0", "ce_loss_recovered", "dead_fraction", "kl_spliced", "tokens_per_s")
     return {
+        "site": config.sae_site,
         "metrics": {key: metrics[key] for key in keys},
+        "log10_density": [round(d, 3) for d in density.clamp_min(-10).tolist()],
         "top_activations": {str(latent): [a.context for a in found] for latent, found in examples.items()},
     }
 
 
-def top_heads(scores: torch.Tensor, k: int = 5) -> dict[str, float]:
-    values, flat = scores.flatten().topk(k)
-    n_heads = scores.shape[1]
-    return {
-        f"{i // n_heads}.{i % n_heads}": round(v, 3)
-        for v, i in zip(values.tolist(), flat.tolist(), strict=True)
-    }
+def draw_density(axis: Any, numbers: Numbers) -> None:
+    if "log10_density" not in numbers:
+        axis.set_axis_off()
+        return
+    density = torch.tensor(numbers["log10_density"]).clamp_min(-8)
+    axis.hist(density.numpy(), bins=40, color="tab:purple")
+    metrics = numbers["metrics"]
+    axis.set(xlabel="log10 firing rate per token (−8: never)", ylabel="latents")
+    axis.text(
+        0.02, 0.95, f"FVU {metrics['fvu']:.3f}\nL0 {metrics['l0']:.1f}\nCE rec. {metrics['ce_loss_recovered']:.3f}",
+        transform=axis.transAxes, va="top", fontsize=9,
+    )  # fmt: skip
 
 
-def write_atomic(path: Path, text: str) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(handle, "w") as stream:
-        stream.write(text)
-    os.replace(temporary, path)
+STEPS: tuple[DemoStep, ...] = (
+    DemoStep("completion", "Greedy completion", complete),
+    DemoStep("residual", "Residual stream norm by layer", residual_norms, draw_norms),
+    DemoStep("previous-token", "Previous-token score per head", previous_token_heads, draw_heads),
+    DemoStep("induction", "Induction score per head", induction_heads, draw_heads),
+    DemoStep("sae", "TopK SAE: latent firing rates", demo_sae, draw_density),
+)
 
 
-def plot_overview(
-    path: Path, norms: dict[str, list[float]], previous: torch.Tensor, induction: torch.Tensor, name: str
-) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, 3, figsize=(16, 4.8))
-    layers = range(len(norms["position_0"]))
-    axes[0].plot(layers, norms["position_0"], marker="o", label="position 0")
-    axes[0].plot(layers, norms["other_positions"], marker="o", label="positions 1…")
-    axes[0].set(
-        yscale="log",
-        xlabel="layer",
-        ylabel="mean ‖resid_post‖ (log scale)",
-        title="Residual stream norm by layer",
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="the main job on the built-in model and corpus (offline)",
+        epilog="steps: "
+        + ", ".join(step.name for step in STEPS)
+        + "\nexample: rama demo --steps completion,induction --out /tmp/rama-demo",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    axes[0].legend()
-    for axis, scores, title in (
-        (axes[1], previous, "Previous-token score"),
-        (axes[2], induction, "Induction score"),
-    ):
-        image = axis.imshow(scores.T.numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=1, origin="lower")
-        axis.set(xlabel="layer", ylabel="head", title=f"{title} per head")
-        figure.colorbar(image, ax=axis, label="mean attention")
+    add_options(parser, DemoConfig)
+    parser.set_defaults(handler=lambda ns: run_demo(from_args(DemoConfig, ns)))
+
+
+def choose_steps(names: str, steps: Sequence[DemoStep] = STEPS) -> list[DemoStep]:
+    """The steps named in `names` (comma-separated), in the demo's order; "" means all."""
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    known = {step.name: step for step in steps}
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        raise ConfigError(f"unknown demo step(s) {', '.join(unknown)}; the steps are: {', '.join(known)}")
+    return [step for step in steps if not wanted or step.name in wanted]
+
+
+def run_demo(config: DemoConfig, steps: Sequence[DemoStep] = STEPS) -> int:
+    from rama import load
+    from rama.atomic import write_text
+
+    chosen = choose_steps(config.steps, steps)
+    out = Path(config.out)
+    started = time.perf_counter()
+    model = load(config.model)
+    print(f"# {model!r}")
+    context = DemoContext(model, config, out)
+    summary: dict[str, Any] = {"config": asdict(config), "model": model.cfg.to_dict(), "steps": {}}
+    for step in chosen:
+        print(f"== {step.title} ({step.name})")
+        begun = time.perf_counter()
+        numbers = step.run(context)
+        context.results[step.name] = numbers
+        summary["steps"][step.name] = {"title": step.title, "seconds": round(time.perf_counter() - begun, 2)}
+        summary[step.name] = numbers
+        write_text(out / "summary.json", json.dumps(summary, indent=2))  # each step's numbers, as they come
+    summary["total_seconds"] = round(time.perf_counter() - started, 2)
+    write_text(out / "summary.json", json.dumps(summary, indent=2))
+    drawn = [step for step in chosen if step.draw is not None]
+    if drawn:
+        plot_overview(out / "overview.png", drawn, context.results, model.cfg.name)
+    timings = ", ".join(f"{name} {entry['seconds']:.0f} s" for name, entry in summary["steps"].items())
+    print(f"time: {summary['total_seconds']:.0f} s in all (budget {BUDGET_S:.0f} s): {timings}")
+    print(f"wrote {out / 'summary.json'}" + (f" and {out / 'overview.png'}" if drawn else ""))
+    return 0
+
+
+def plot_overview(path: Path, steps: Sequence[DemoStep], results: dict[str, Numbers], name: str) -> None:
+    """One panel per step that draws one, side by side."""
+    from rama.plotting import pyplot, save_figure
+
+    figure, axes = pyplot().subplots(1, len(steps), figsize=(5.3 * len(steps), 4.8), squeeze=False)
+    for axis, step in zip(axes[0], steps, strict=True):
+        assert step.draw is not None
+        step.draw(axis, results[step.name])
+        axis.set_title(step.title)
     figure.suptitle(f"rama demo — {name}")
     figure.tight_layout()
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(handle)
-    figure.savefig(temporary, dpi=110)
-    plt.close(figure)
-    os.replace(temporary, path)
+    save_figure(figure, path)

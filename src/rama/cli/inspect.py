@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from rama.cli.options import add_options, from_args, option
+from rama.models.sites import block_prefix
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ def show_sites(config: SitesConfig) -> int:
     from rama import load
 
     model = load(config.model)
-    names = model.sites if config.layer is None else model.resolve(f"blocks.{config.layer}.*")
+    names = model.sites if config.layer is None else model.resolve(block_prefix(config.layer) + "*")
     print(f"# {model!r}")
     for name in names:
         print(name)

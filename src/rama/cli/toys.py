@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from rama.cli.options import add_options, from_args, option
+from rama.errors import ConfigError, OutputError
 
 
 @dataclass
@@ -33,12 +35,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     listing.set_defaults(handler=run_list)
 
 
+def check_train(config: ToysTrainConfig) -> None:
+    """Everything a toy run needs, checked before minutes of training: a known toy, a step count
+    above zero, and an output folder that holds no files yet (a file there is refused too)."""
+    from rama.toys.zoo import ALIASES, TOYS
+
+    if ALIASES.get(config.name, config.name) not in TOYS:
+        raise ConfigError(f"unknown toy {config.name!r}; choose one of {', '.join(TOYS)}")
+    if config.steps is not None and config.steps < 1:
+        raise ConfigError(f"--steps must be at least 1; got {config.steps}")
+    if not config.out:
+        raise ConfigError("give an output folder: --out DIR")
+    out = Path(config.out)
+    if out.is_file() or (out.is_dir() and any(out.iterdir())):
+        raise OutputError(f"{str(out)!r} already holds files; choose another --out or remove it")
+
+
 def run_train(args: argparse.Namespace) -> int:
     from rama.toys.zoo import build
 
     config = from_args(ToysTrainConfig, args)
-    if not config.out:
-        raise ValueError("give an output folder: --out DIR")
+    check_train(config)
     folder = build(config.name, config.out, config.seed, config.steps)
     truth = folder / "ground_truth.json"
     if truth.is_file():

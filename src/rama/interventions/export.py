@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from rama.atomic import staged_folder
+from rama.errors import ConfigError, OutputError
 from rama.hooks.model import HookedModel
 from rama.interventions.steering import check_strength, check_vector
 
@@ -36,12 +38,12 @@ def bias_target(model: HookedModel, site: str) -> tuple[int, str]:
     match = _SITE.match(site)
     model_type = model.cfg.model_type
     if model_type not in _PROJECTIONS:
-        raise ValueError(
+        raise ConfigError(
             f"steering export folds the vector into a bias; {model_type!r} has no bias that adds straight "
             f"into the residual stream (supported: {', '.join(sorted(_PROJECTIONS))})"
         )
     if match is None:
-        raise ValueError(
+        raise ConfigError(
             f"only an additive vector at blocks.L.hook_resid_post, hook_resid_pre, hook_mlp_out or hook_attn_out "
             f"can be exported as weights; got {site!r}"
         )
@@ -49,11 +51,24 @@ def bias_target(model: HookedModel, site: str) -> tuple[int, str]:
     mlp, attention = _PROJECTIONS[model_type]
     if kind == "hook_resid_pre":
         if layer == 0:
-            raise ValueError("blocks.0.hook_resid_pre precedes every bias; steer hook_embed in rama instead")
+            raise ConfigError("blocks.0.hook_resid_pre precedes every bias; steer hook_embed in rama instead")
         return layer - 1, mlp
     if kind == "hook_attn_out":
         return layer, attention
     return layer, mlp
+
+
+def check_export_target(out: str | os.PathLike[str], overwrite: bool = False) -> Path:
+    """Refuse an output folder that already holds files unless `overwrite` (before any work), and
+    remove the staging folders (`.<name>.*` beside it) that a killed export left behind."""
+    final = Path(out)
+    if final.is_file() or (final.is_dir() and any(final.iterdir()) and not overwrite):
+        raise OutputError(f"{str(final)!r} already holds files; choose another --out or remove it")
+    if final.parent.is_dir():
+        for stale in final.parent.glob(f".{final.name}.*"):
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+    return final
 
 
 def export_steered(
@@ -67,6 +82,7 @@ def export_steered(
     """Write the model steered by `strength · vector` at `site` (every position) as an HF folder."""
     layer, projection = bias_target(model, site)
     v = check_vector(model, site, vector) * check_strength("strength", strength)
+    check_export_target(out, overwrite)
     with staged_folder(out, overwrite) as staging:
         steered = _with_bias(model, layer, projection, v)
         steered.save_pretrained(staging)

@@ -15,9 +15,10 @@ import torch
 from tqdm import tqdm
 
 from rama.atomic import write_text
+from rama.errors import ConfigError, InputError
 from rama.features.search import split_keywords
 from rama.hooks.model import HookedModel
-from rama.interventions.steering import Hook
+from rama.interventions.steering import Hook, check_finite_output
 from rama.plotting import pyplot, save_figure
 
 Scorer = Callable[[list[str]], list[bool]]
@@ -30,10 +31,10 @@ def keyword_pattern(words: Sequence[str]) -> re.Pattern[str]:
     so `outer space` matches the phrase."""
     whole, prefixes = split_keywords(words)
     if not whole and not prefixes:
-        raise ValueError("the keyword scorer needs at least one keyword, e.g. ['sea', 'ship*']")
+        raise ConfigError("the keyword scorer needs at least one keyword, e.g. ['sea', 'ship*']")
     bad = [w for w in whole + prefixes if "*" in w]
     if bad:
-        raise ValueError(f"'*' may only end a keyword (a prefix, as in 'ship*'); got {bad}")
+        raise ConfigError(f"'*' may only end a keyword (a prefix, as in 'ship*'); got {bad}")
     parts = [re.escape(w) for w in whole] + [re.escape(w) + r"\w*" for w in prefixes]
     return re.compile(r"\b(?:" + "|".join(parts) + r")\b", re.IGNORECASE)
 
@@ -132,12 +133,15 @@ def strength_sweep(
     site: str = "",
     max_new_tokens: int = 30,
 ) -> SweepResult:
-    """Greedy continuations of every prompt at every strength (0 = unsteered), scored and measured."""
+    """Greedy continuations of every prompt at every strength (0 = unsteered), scored and measured.
+    A strength that makes the logits NaN or inf is a `SteeringOverflowError`, not empty text."""
     if not prompts:
-        raise ValueError("a sweep needs at least one prompt")
+        raise InputError("a sweep needs at least one prompt")
     points = []
     for strength in tqdm(list(strengths), desc="strengths", unit="strength"):
         hooks = hooks_at(strength) if strength != 0 else []
+        if hooks:
+            check_finite_output(model, list(prompts), hooks)
         texts = model.generate(list(prompts), max_new_tokens=max_new_tokens, fwd_hooks=hooks)
         assert isinstance(texts, list)
         continuations = [
@@ -172,7 +176,7 @@ def rank_by_steering(
     this; with a few candidates it is cheap to measure, on prompts kept apart from any evaluation."""
     steered = [s for s in strengths if s != 0]
     if not steered:
-        raise ValueError(f"rank_by_steering needs a non-zero strength to steer at; got {list(strengths)}")
+        raise ConfigError(f"rank_by_steering needs a non-zero strength to steer at; got {list(strengths)}")
     unsteered = strength_sweep(model, lambda _: [], prompts, [0.0], scorer, max_new_tokens=max_new_tokens)
     limit = unsteered.points[0].perplexity * max_perplexity_ratio
     found: list[tuple[Key, SweepPoint | None]] = []
