@@ -20,7 +20,7 @@ from rama.activations import HarvestConfig, batches_with_activations, keep_mask
 from rama.errors import InputError
 from rama.hooks.core import HookPoint
 from rama.hooks.model import HookedModel
-from rama.metrics import fvu
+from rama.metrics import unexplained_fraction
 from rama.sae.base import SAE
 
 
@@ -31,7 +31,7 @@ def reconstruction_metrics(sae: SAE, x: torch.Tensor, target: torch.Tensor | Non
         codes = sae.encode(x)
         reconstruction = sae.decode(codes, x)
     error = (reconstruction - target).pow(2).sum(-1)
-    unexplained = fvu(reconstruction, target)
+    unexplained = float(unexplained_fraction(error, target))
     density = (codes > 0).float().mean(0)
     log_density = torch.log10(density.clamp_min(1e-10))
     counts, edges = torch.histogram(log_density, bins=20, range=(-10.0, 0.0))
