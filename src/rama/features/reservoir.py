@@ -29,26 +29,44 @@ def mix63(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 31)
 
 
-def sample_keys(seed: int, token_index: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
-    """The priority key of (token, unit) for seeded sampling: a hash of (seed, global token index,
-    unit), so every build over the same tokens with the same seed samples the same examples."""
-    return mix63(mix63(token_index * 2_654_435_761 + seed) ^ (unit + 0x5851_F42D))
+def token_keys(seed: int, token_index: torch.Tensor) -> torch.Tensor:
+    """Seeded 63-bit random keys of tokens by global index. A sample's priority key is
+    `token_keys ^ unit_keys`: for one unit that is a fixed bijection of independent uniform keys,
+    so each unit's bottom-k is a uniform sample, and the same seed and tokens give the same one."""
+    return mix63(token_index * 2_654_435_761 + seed)
+
+
+def unit_keys(seed: int, n_units: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """`[n_units]` seeded 63-bit keys, one per unit (see `token_keys`)."""
+    return mix63(torch.arange(n_units, device=device) * 0x5851_F42D + seed * 0x9E37_79B9 + 1)
+
+
+MAX_TOKEN_INDEX = 1 << 32  # top-example keys hold the token index in their low 32 bits
 
 
 def topk_keys(values_bits: torch.Tensor) -> torch.Tensor:
     """Keys that sort larger positive float32 activations first: for positive floats the int32
-    bit pattern grows with the value, so `inf bits - bits` is an exact order-reversing key."""
+    bit pattern grows with the value, so `inf bits - bits` (< 2^31) is an exact order-reversing
+    key; `(key << 32) | token index` then orders ties by the lower token index, uniquely."""
     return 0x7F80_0000 - values_bits.to(torch.int64)
 
 
-def bottom_k(groups: torch.Tensor, keys: torch.Tensor, token_index: torch.Tensor, size: int) -> torch.Tensor:
-    """`[n]` bool: the entries among the `size` smallest (key, token index) of their group."""
+def ranked(
+    groups: torch.Tensor, keys: torch.Tensor, token_index: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(order, rank): `order` sorts the entries by (group, key, token index); `rank[i]` is the
+    place of entry `order[i]` within its group (0 = smallest key)."""
     order = torch.argsort(token_index, stable=True)
     order = order[torch.argsort(keys[order], stable=True)]
     order = order[torch.argsort(groups[order], stable=True)]
     sorted_groups = groups[order]
     first = torch.searchsorted(sorted_groups, sorted_groups, side="left")
-    rank = torch.arange(len(order), device=groups.device) - first
+    return order, torch.arange(len(order), device=groups.device) - first
+
+
+def bottom_k(groups: torch.Tensor, keys: torch.Tensor, token_index: torch.Tensor, size: int) -> torch.Tensor:
+    """`[n]` bool: the entries among the `size` smallest (key, token index) of their group."""
+    order, rank = ranked(groups, keys, token_index)
     kept = torch.zeros_like(groups, dtype=torch.bool)
     kept[order[rank < size]] = True
     return kept
@@ -67,6 +85,12 @@ class Entries:
 
     def select(self, mask: torch.Tensor) -> Entries:
         return Entries(*(getattr(self, name)[mask] for name in FIELDS))
+
+    def reshape(self, rows: int) -> Entries:
+        """Entries laid out as `rows` groups of equal count (group i's entries in row i)."""
+        return Entries(
+            *(getattr(self, name).reshape(rows, -1, *getattr(self, name).shape[1:]) for name in FIELDS)
+        )
 
 
 FIELDS = ("groups", "keys", "token_index", "values", "tokens", "acts")
@@ -108,13 +132,9 @@ class Reservoir:
         touched = torch.unique(new.groups)
         held = self.entries(touched)
         both = Entries(*(torch.cat([getattr(held, name), getattr(new, name)]) for name in FIELDS))
-        both = both.select(bottom_k(both.groups, both.keys, both.token_index, self.size))
-        order = torch.argsort(both.token_index, stable=True)
-        order = order[torch.argsort(both.keys[order], stable=True)]
-        order = order[torch.argsort(both.groups[order], stable=True)]
-        both = both.select(order)
-        slot = torch.arange(len(both.groups), device=both.groups.device)
-        slot = slot - torch.searchsorted(both.groups, both.groups, side="left")
+        order, rank = ranked(both.groups, both.keys, both.token_index)
+        both = both.select(order[rank < self.size])
+        slot = rank[rank < self.size]
         self.keys[touched] = EMPTY
         self.token_index[touched] = -1
         self.values[touched] = 0.0
@@ -122,6 +142,17 @@ class Reservoir:
         self.acts[touched] = 0.0
         for name in FIELDS[1:]:
             getattr(self, name)[both.groups, slot] = getattr(both, name)
+
+    def merge_rows(self, new: Entries) -> None:
+        """Keep per group the `size` smallest keys of what it held and `new` (`[n_groups, m]` fields,
+        row i for group i; EMPTY keys for unused slots). Keys must be unique within a group, as the
+        top examples' composite keys are, so the order needs no tie-break."""
+        keys = torch.cat([self.keys, new.keys], 1)
+        pick = keys.topk(self.size, dim=1, largest=False).indices  # ascending keys
+        for name in FIELDS[1:]:
+            both = torch.cat([getattr(self, name), getattr(new, name)], 1)
+            index = pick if both.ndim == 2 else pick[..., None].expand(-1, -1, both.shape[2])
+            setattr(self, name, both.gather(1, index))
 
     def absorb(self, other: Reservoir) -> None:
         """Merge `other` (a reservoir over other tokens) into this one."""

@@ -9,8 +9,8 @@ Per unit, over the kept (non-special) tokens:
   plus one bin below and one above), so histograms of two passes merge by adding them;
 - top examples: the `top_k` largest activations, ties to the lower global token index;
 - quantile samples: in every histogram bin, the `samples_per_bin` firing tokens with the smallest
-  priority key hash(seed, global token index, unit), a seeded uniform sample without replacement
-  of that bin's tokens (bottom-k sampling). `quantile_examples` groups the bins into activation
+  priority key hash(seed, global token index) XOR hash(seed, unit): for one unit a seeded uniform
+  sample without replacement of that bin's tokens (bottom-k sampling). `quantile_examples` groups the bins into activation
   quantiles of the unit's own histogram when the pass is over.
 
 Every example keeps a context window (`left` tokens before, `right` after, within its row) with the
@@ -25,11 +25,21 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from rama.errors import ConfigError
-from rama.features.reservoir import Entries, Reservoir, bottom_k, sample_keys, topk_keys
+from rama.features.reservoir import (
+    EMPTY,
+    MAX_TOKEN_INDEX,
+    Entries,
+    Reservoir,
+    bottom_k,
+    token_keys,
+    topk_keys,
+    unit_keys,
+)
 
 
 @dataclass(frozen=True)
@@ -88,6 +98,7 @@ class UnitStats:
         self.max = torch.full((n_units,), -math.inf, device=device)
         self.hist = torch.zeros(n_units, n_bins, dtype=torch.int64, device=device)
         self.top = Reservoir(n_units, config.top_k, config.window, device)
+        self.unit_keys = unit_keys(config.seed, n_units, device)
         self.samples = Reservoir(n_units * n_bins, config.samples_per_bin, config.window, device)
 
     @property
@@ -117,53 +128,52 @@ class UnitStats:
         fires = flat > 0
         self.count += fires.sum(0)
         self.total += (flat * fires).sum(0, dtype=torch.float64)
+        token_index = first_row * positions + torch.arange(len(flat), device=flat.device)  # [tokens]
+        if int(token_index[-1]) >= MAX_TOKEN_INDEX:
+            raise ConfigError(f"a pass numbers at most {MAX_TOKEN_INDEX} tokens (2^32)")
+        self.offer_top(flat, fires, token_index, acts, tokens)
         token_at, unit = fires.nonzero(as_tuple=True)
         value = flat[token_at, unit]
         bins = torch.bucketize(value, self.edges, right=True)
         groups = unit * self.hist.shape[1] + bins
         self.hist += torch.bincount(groups, minlength=self.hist.numel()).view_as(self.hist)
-        token_index = first_row * positions + token_at
-        self.offer_top(flat, token_at, unit, value, token_index, acts, tokens)
-        keys = sample_keys(self.config.seed, token_index, unit)
+        keys = token_keys(self.config.seed, token_index)[token_at] ^ self.unit_keys[unit]
         candidate = keys <= self.samples.threshold(groups)
         candidate[candidate.clone()] = bottom_k(
-            groups[candidate], keys[candidate], token_index[candidate], self.config.samples_per_bin
+            groups[candidate], keys[candidate], token_index[token_at[candidate]], self.config.samples_per_bin
         )
         pick = candidate.nonzero(as_tuple=True)[0]
+        at = token_at[pick]
         self.samples.offer(
-            self.entries(
-                groups[pick],
-                keys[pick],
-                token_index[pick],
-                value[pick],
-                unit[pick],
-                token_at[pick],
-                acts,
-                tokens,
-            )
+            self.entries(groups[pick], keys[pick], token_index[at], value[pick], unit[pick], at, acts, tokens)
         )
 
     def offer_top(
         self,
         flat: torch.Tensor,
-        token_at: torch.Tensor,
-        unit: torch.Tensor,
-        value: torch.Tensor,
+        fires: torch.Tensor,
         token_index: torch.Tensor,
         acts: torch.Tensor,
         tokens: torch.Tensor,
     ) -> None:
-        """Offer the batch's candidates for the top examples: every firing entry at least as large
-        as its unit's `top_k`-th largest value in the batch (all ties included, so none is lost)."""
-        k = min(self.config.top_k, len(flat))
-        kth = flat.topk(k, dim=0).values[-1]  # [n_units]
-        pick = (value >= kth[unit]).nonzero(as_tuple=True)[0]
-        keys = topk_keys(value[pick].view(torch.int32))
-        self.top.offer(
-            self.entries(
-                unit[pick], keys, token_index[pick], value[pick], unit[pick], token_at[pick], acts, tokens
-            )
+        """The batch's best `top_k` per unit by the exact composite key (larger activation first,
+        then lower token index), merged into the kept ones row by row: no entry is lost to a tie."""
+        keys = (topk_keys(flat.view(torch.int32)) << 32) | token_index[:, None]  # [tokens, n_units]
+        keys = torch.where(fires, keys, EMPTY)
+        best = keys.topk(min(self.config.top_k, len(flat)), dim=0, largest=False)  # [k, n_units]
+        at = best.indices.T.reshape(-1)  # [n_units * k] token positions in the batch
+        unit = torch.arange(self.n_units, device=flat.device).repeat_interleave(best.indices.shape[0])
+        found = self.entries(
+            unit, best.values.T.reshape(-1), token_index[at], flat[at, unit], unit, at, acts, tokens
         )
+        empty = found.keys == EMPTY
+        found.token_index[empty], found.values[empty], found.tokens[empty], found.acts[empty] = (
+            -1,
+            0.0,
+            -1,
+            0.0,
+        )
+        self.top.merge_rows(found.reshape(self.n_units))
 
     def entries(
         self,
@@ -253,25 +263,22 @@ def window_example(
     )
 
 
+def slot_lists(reservoir: Reservoir, rows: slice) -> tuple[list[Any], ...]:
+    """The fields of a block of reservoir rows as nested Python lists (one conversion, not one per value)."""
+    return tuple(
+        getattr(reservoir, name)[rows].tolist()
+        for name in ("keys", "token_index", "values", "tokens", "acts")
+    )
+
+
 def top_examples(stats: UnitStats, unit: int) -> list[Example]:
     """The unit's top examples, strongest first (equal activations: lower token index first)."""
-    top = stats.top
-    found = []
-    for slot in range(top.size):
-        if int(top.keys[unit, slot]) == torch.iinfo(torch.int64).max:
-            break
-        found.append(
-            window_example(
-                stats,
-                float(top.values[unit, slot]),
-                int(top.token_index[unit, slot]),
-                top.tokens[unit, slot].tolist(),
-                top.acts[unit, slot].tolist(),
-                0,
-                slot,
-            )
-        )
-    return found
+    [keys], [index], [values], [tokens], [acts] = slot_lists(stats.top, slice(unit, unit + 1))
+    return [
+        window_example(stats, values[slot], index[slot], tokens[slot], acts[slot], 0, slot)
+        for slot in range(len(keys))
+        if keys[slot] != EMPTY
+    ]
 
 
 def quantile_groups(hist: torch.Tensor, n_quantiles: int) -> torch.Tensor:
@@ -290,26 +297,19 @@ def quantile_examples(
     """Seeded samples from `n_quantiles` activation quantiles of the unit, weakest group first:
     each group's samples are the union of its bins' samples, the `per_quantile` smallest keys kept."""
     n_bins = stats.hist.shape[1]
-    groups = quantile_groups(stats.hist[unit], n_quantiles)
-    samples = stats.samples
+    groups = quantile_groups(stats.hist[unit], n_quantiles).tolist()
+    keys, index, values, tokens, acts = slot_lists(stats.samples, slice(unit * n_bins, (unit + 1) * n_bins))
     found = []
     for group in range(n_quantiles):
-        slots = [
-            (int(samples.keys[row, slot]), int(samples.token_index[row, slot]), row, slot)
-            for row in (unit * n_bins + b for b in (groups == group).nonzero().flatten().tolist())
-            for slot in range(samples.size)
-            if int(samples.keys[row, slot]) != torch.iinfo(torch.int64).max
+        slots = sorted(
+            (keys[b][slot], index[b][slot], b, slot)
+            for b in range(n_bins)
+            if groups[b] == group
+            for slot in range(len(keys[b]))
+            if keys[b][slot] != EMPTY
+        )
+        found += [
+            window_example(stats, values[b][slot], token, tokens[b][slot], acts[b][slot], group, rank)
+            for rank, (_, token, b, slot) in enumerate(slots[:per_quantile])
         ]
-        for rank, (_, index, row, slot) in enumerate(sorted(slots)[:per_quantile]):
-            found.append(
-                window_example(
-                    stats,
-                    float(samples.values[row, slot]),
-                    index,
-                    samples.tokens[row, slot].tolist(),
-                    samples.acts[row, slot].tolist(),
-                    group,
-                    rank,
-                )
-            )
     return found
