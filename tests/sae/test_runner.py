@@ -103,8 +103,12 @@ def test_a_second_process_writing_the_same_folder_is_refused(lm: Any, corpus: Pa
     finally:
         holder.kill()
         holder.wait()
+    (tmp_path / ".sae.k1ll3d_x").mkdir()  # the staging folder of a save killed midway
+    (tmp_path / ".sae.k1ll3d_x" / "cfg.json").write_text("{}")
+    (tmp_path / ".sae.notes").mkdir()  # not a staging name: left alone
     _, metrics = train(lm, SITE, out, config=small(), corpus=corpus, harvest_config=HARVEST, eval_tokens=256)
     assert metrics["data"] == "memory"  # the lock died with its process
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".sae.notes", "sae"]
 
 
 def test_unusable_outputs_are_refused_before_any_work(lm: Any, corpus: Path, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from contextlib import ExitStack
@@ -95,6 +96,16 @@ def check_output(out: Path) -> None:
     existing = next(p for p in [out, *out.absolute().parents] if p.exists())
     if not os.access(existing, os.W_OK | os.X_OK):
         raise OutputError(f"cannot write {str(out)!r}: {str(existing)!r} is not writable")
+
+
+def remove_stale_staging(out: Path) -> list[Path]:
+    """Delete the staging folders (`.<name>.XXXXXXXX`, as `tempfile.mkdtemp` names them) that a
+    save killed midway left beside `out`; only the lock holder writes `out`, so none is live."""
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.[a-z0-9_]{{8}}")
+    stale = [p for p in out.parent.glob(f".{out.name}.*") if p.is_dir() and pattern.fullmatch(p.name)]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
 
 
 def plan_data(
@@ -223,6 +234,7 @@ def train_many(
         for job in jobs:
             locks.enter_context(exclusive(job.out))
             check_output(job.out)  # again, now that no other process can be writing it
+            remove_stale_staging(job.out)
         return [
             train_prepared(model, prepared, plan, eval_tokens) for prepared in open_sources(model, jobs, plan)
         ]
