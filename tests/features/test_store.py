@@ -98,6 +98,12 @@ def test_two_halves_merged_equal_one_pass(model: HookedModel) -> None:
         assert torch.equal(a.samples.token_index, b.samples.token_index)
     assert half.cofiring is not None and whole.cofiring is not None
     assert torch.equal(half.cofiring.pairs, whole.cofiring.pairs)
+    ranks = [analyse(sae, model, tokens, config=CONFIG, rank=r, world_size=3) for r in range(3)]
+    ranks[2].absorb(ranks[0])
+    ranks[2].absorb(ranks[1])
+    assert torch.equal(ranks[2].latents.top.keys, whole.latents.top.keys)
+    assert torch.equal(ranks[2].neurons.samples.acts, whole.neurons.samples.acts)  # type: ignore[union-attr]
+    assert torch.equal(ranks[2].latents.hist, whole.latents.hist)
 
 
 def test_labels_and_search(model: HookedModel, store: Path, tmp_path: Path) -> None:

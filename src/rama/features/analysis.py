@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from rama.activations import HarvestConfig, batches_with_activations, keep_mask, stop_layer
+from rama.activations import HarvestConfig, batches_with_activations, keep_mask, stop_layer, strided
 from rama.errors import ConfigError, InputError
 from rama.features.neighbours import MAX_COFIRING_UNITS, CoFiring
 from rama.features.summaries import SummaryConfig, UnitStats
@@ -112,20 +112,42 @@ Tokens = int | torch.Tensor | Iterable[torch.Tensor]
 
 
 def given_batches(
-    model: HookedModel, sites: list[str], tokens: torch.Tensor | Iterable[torch.Tensor], config: BuildConfig
+    model: HookedModel, sites: list[str], tokens: Iterable[torch.Tensor], config: BuildConfig
 ) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
-    """(tokens, {site: acts}) for given token rows: a `[rows, pos]` tensor cut into `batch_size`
-    rows, or an iterable of `[rows, pos]` batches."""
-    if isinstance(tokens, torch.Tensor):
-        if tokens.ndim != 2:
-            raise InputError(f"tokens must be [rows, positions], not shape {tuple(tokens.shape)}")
-        tokens = list(tokens.split(config.batch_size))
+    """(tokens, {site: acts}) for given `[rows, pos]` token batches."""
     layers = stop_layer(model, sites)
     stop = layers if layers < model.cfg.n_layers else None
     for batch in tqdm(tokens, desc="features", unit="batch", disable=not config.progress):
         with torch.no_grad():
             _, cache = model.run_with_cache(batch, sites, stop_at_layer=stop)
         yield batch, {site: cache[site] for site in sites}
+
+
+def numbered_batches(
+    model: HookedModel, sites: list[str], tokens: Tokens | None, corpus: str | Path | None, config: BuildConfig,
+    rank: int, world_size: int,
+) -> Iterator[tuple[int | None, torch.Tensor, dict[str, torch.Tensor]]]:  # fmt: skip
+    """(global batch number, tokens, {site: acts}) of this rank's stride; the number is None for an
+    iterable of given batches (their rows are numbered by counting)."""
+    if tokens is None or isinstance(tokens, int):
+        harvest = HarvestConfig(tokens=tokens or config.tokens, batch_size=config.batch_size,
+                                context_size=config.context_size, seed=config.seed, progress=config.progress)  # fmt: skip
+        stream = batches_with_activations(model, sites, harvest, corpus, rank=rank, world_size=world_size)
+        for j, (batch, acts) in enumerate(stream):
+            yield rank + j * world_size, batch, acts
+    elif isinstance(tokens, torch.Tensor):
+        if tokens.ndim != 2:
+            raise InputError(f"tokens must be [rows, positions], not shape {tuple(tokens.shape)}")
+        mine = list(strided(tokens.split(config.batch_size), rank, world_size))
+        for j, (batch, acts) in enumerate(given_batches(model, sites, mine, config)):
+            yield rank + j * world_size, batch, acts
+    else:
+        if world_size != 1:
+            raise ConfigError(
+                "to split a pass across ranks, give a token count or a [rows, positions] tensor"
+            )
+        for batch, acts in given_batches(model, sites, tokens, config):
+            yield None, batch, acts
 
 
 def analyse(
@@ -135,26 +157,26 @@ def analyse(
     corpus: str | Path | None = None,
     config: BuildConfig | None = None,
     first_row: int = 0,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> FeatureAnalysis:
-    """One pass: `tokens` rows given, or that many tokens (default `config.tokens`) from `corpus`
-    (a source `rama.data` reads; None: the built-in corpus). `first_row` numbers the first row, for
-    passes that cover a later part of a stream and are merged afterwards."""
+    """One pass: over `tokens` (a `[rows, pos]` tensor cut into `batch_size` rows, or an iterable of
+    batches) or that many tokens (default `config.tokens`) from `corpus` (a source `rama.data`
+    reads; None: the built-in corpus). Rank r of `world_size` takes batches r, r + world_size, …;
+    batch b's rows are numbered from `first_row + b × batch_size`, so the ranks' analyses merge
+    (`absorb`) into the one-pass result. `first_row` also places a pass over a later part of a stream."""
     config = config or BuildConfig()
     sites = [sae.cfg.hook_name]
     neurons = neuron_site(model, sae) if config.neurons else None
     sites += [neurons] if neurons and neurons != sae.cfg.hook_name else []
-    if tokens is None or isinstance(tokens, int):
-        harvest = HarvestConfig(tokens=tokens or config.tokens, batch_size=config.batch_size,
-                                context_size=config.context_size, seed=config.seed, progress=config.progress)  # fmt: skip
-        batches = batches_with_activations(model, sites, harvest, corpus)
-    else:
-        batches = given_batches(model, sites, tokens, config)
     analysis: FeatureAnalysis | None = None
     row = first_row
-    for batch, acts in batches:
+    for number, batch, acts in numbered_batches(model, sites, tokens, corpus, config, rank, world_size):
         if analysis is None:
             width = acts[neurons].shape[-1] if neurons else None
             analysis = FeatureAnalysis(sae, config, width, next(iter(acts.values())).device)
+        row = row if number is None else first_row + number * config.batch_size
         analysis.update(batch, acts, keep_mask(batch, model.tokenizer, True), row)
         row += len(batch)
     if analysis is None:
