@@ -78,11 +78,13 @@ class FeatureAnalysis:
     """The mergeable state of a pass: latent and neuron summaries, and latent co-firing counts."""
 
     def __init__(
-        self, sae: SAE, config: BuildConfig, neurons: int | None, device: torch.device | str
+        self, sae: SAE, config: BuildConfig, neurons: tuple[str, int] | None, device: torch.device | str
     ) -> None:
+        """`neurons`: (site, width) of the neurons summarised beside the latents, or None."""
         self.sae = sae
         self.latents = UnitStats(sae.cfg.d_sae, config.summary(), device)
-        self.neurons = None if neurons is None else UnitStats(neurons, config.summary(), device)
+        self.neuron_site = None if neurons is None else neurons[0]
+        self.neurons = None if neurons is None else UnitStats(neurons[1], config.summary(), device)
         small = sae.cfg.d_sae <= MAX_COFIRING_UNITS
         self.cofiring = CoFiring(sae.cfg.d_sae, device) if small else None
 
@@ -95,9 +97,8 @@ class FeatureAnalysis:
         self.latents.update(codes, tokens, keep, first_row)
         if self.cofiring is not None:
             self.cofiring.update(codes[keep.to(codes.device)] > 0)
-        if self.neurons is not None:
-            [site] = [name for name in acts if name != self.sae.cfg.hook_name] or [self.sae.cfg.hook_name]
-            self.neurons.update(acts[site], tokens, keep, first_row)
+        if self.neurons is not None and self.neuron_site is not None:
+            self.neurons.update(acts[self.neuron_site], tokens, keep, first_row)
 
     def absorb(self, other: FeatureAnalysis) -> None:
         """Merge another pass over other rows of the same stream."""
@@ -174,8 +175,8 @@ def analyse(
     row = first_row
     for number, batch, acts in numbered_batches(model, sites, tokens, corpus, config, rank, world_size):
         if analysis is None:
-            width = acts[neurons].shape[-1] if neurons else None
-            analysis = FeatureAnalysis(sae, config, width, next(iter(acts.values())).device)
+            found = (neurons, acts[neurons].shape[-1]) if neurons else None
+            analysis = FeatureAnalysis(sae, config, found, next(iter(acts.values())).device)
         row = row if number is None else first_row + number * config.batch_size
         analysis.update(batch, acts, keep_mask(batch, model.tokenizer, True), row)
         row += len(batch)

@@ -17,7 +17,7 @@ import torch
 
 from rama import __version__
 from rama.errors import ConfigError
-from rama.features.analysis import BuildConfig, FeatureAnalysis, Tokens, analyse, neuron_site
+from rama.features.analysis import BuildConfig, FeatureAnalysis, Tokens, analyse
 from rama.features.logit_effects import LogitEffects, model_logit_effects
 from rama.features.neighbours import MAX_COFIRING_UNITS, nearest_by_cosine
 from rama.features.store import check_target, creating, sae_fingerprint, write_meta
@@ -114,7 +114,7 @@ def store_meta(
         "model_name": model.cfg.name or sae.cfg.model_name,
         "site": sae.cfg.hook_name,
         "site_out": sae.cfg.hook_name_out or sae.cfg.hook_name,
-        "neuron_site": neuron_site(model, sae) if analysis.neurons is not None else None,
+        "neuron_site": analysis.neuron_site,
         "n_neurons": None if analysis.neurons is None else analysis.neurons.n_units,
         "tokens": analysis.latents.tokens,
         "context_size": analysis.latents.context_size,
