@@ -80,7 +80,7 @@ class Entries:
     keys: torch.Tensor  # [n] int64
     token_index: torch.Tensor  # [n] int64, global token index
     values: torch.Tensor  # [n] float32, the unit's activation on the token
-    tokens: torch.Tensor  # [n, window] int64, -1 outside the row
+    tokens: torch.Tensor  # [n, window] int32 token ids, -1 outside the row
     acts: torch.Tensor  # [n, window] float32, the unit's activation on each context token
 
     def select(self, mask: torch.Tensor) -> Entries:
@@ -104,7 +104,7 @@ class Reservoir:
         self.keys = torch.full((n_groups, size), EMPTY, dtype=torch.int64, device=device)
         self.token_index = torch.full((n_groups, size), -1, dtype=torch.int64, device=device)
         self.values = torch.zeros(n_groups, size, device=device)
-        self.tokens = torch.full((n_groups, size, window), -1, dtype=torch.int64, device=device)
+        self.tokens = torch.full((n_groups, size, window), -1, dtype=torch.int32, device=device)
         self.acts = torch.zeros(n_groups, size, window, device=device)
 
     def threshold(self, groups: torch.Tensor) -> torch.Tensor:

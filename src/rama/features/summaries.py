@@ -195,7 +195,7 @@ class UnitStats:
         at = at.clamp(0, positions - 1)
         context_acts = acts[row[:, None], at, unit[:, None]] * inside
         context_tokens = torch.where(inside, tokens.to(acts.device)[row[:, None], at], -1)
-        return Entries(groups, keys, token_index, value, context_tokens.long(), context_acts)
+        return Entries(groups, keys, token_index, value, context_tokens.int(), context_acts)
 
     def absorb(self, other: UnitStats) -> None:
         """Add another pass's summary (over other tokens of the same stream) to this one."""
