@@ -68,12 +68,17 @@ def test_cofiring_jaccard_and_merge() -> None:
         [[1, 1, 0, 0], [1, 1, 0, 0], [1, 0, 1, 0], [0, 0, 1, 0], [1, 1, 0, 0], [0, 0, 0, 1]], dtype=torch.bool
     )
     whole = CoFiring(4)
-    whole.update(fires)
+    whole.update(fires)  # many pairs for its size: the sparse product
     assert torch.equal(whole.pairs, (fires.int().T @ fires.int()).int())
     values, ids = whole.top(n=2, chunk=3)
     assert ids[0, 0] == 1 and values[0, 0] == pytest.approx(3 / 4)  # 0 fires 4 times, 1 three, together 3
     assert ids[2, 0] == 0 and values[2, 0] == pytest.approx(1 / 5)
     assert values[3].tolist() == [0.0, 0.0]  # never fires with anyone
+    sparse = torch.rand(40, 64, generator=torch.Generator().manual_seed(0)) < 0.05
+    assert int(sparse.sum(1).pow(2).sum()) < 64 * 64 // 4  # few pairs: counted pair by pair
+    counted = CoFiring(64)
+    counted.update(sparse)
+    assert torch.equal(counted.pairs, (sparse.int().T @ sparse.int()).int())
     first, second = CoFiring(4), CoFiring(4)
     first.update(fires[:4])
     second.update(fires[4:])

@@ -37,6 +37,16 @@ def nearest_by_cosine(
     return torch.cat(values), torch.cat(ids)
 
 
+def firing_pairs(token: torch.Tensor, per_token: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a, b): every ordered pair of firing entries on the same token (self-pairs included), as
+    indices into the token-major entries whose tokens are `token`; `per_token` counts them per token."""
+    reps = per_token[token]  # each entry pairs with every entry of its token
+    a = torch.repeat_interleave(torch.arange(len(token), device=token.device), reps)
+    start = per_token.cumsum(0) - per_token  # each token's first entry
+    offset = torch.arange(len(a), device=token.device) - torch.repeat_interleave(reps.cumsum(0) - reps, reps)
+    return a, start[token[a]] + offset
+
+
 class CoFiring:
     """Pair counts of latents firing on the same token; `update` per batch, `absorb` another pass."""
 
@@ -44,10 +54,20 @@ class CoFiring:
         self.pairs = torch.zeros(n_units, n_units, dtype=torch.int32, device=device)
 
     def update(self, fires: torch.Tensor) -> None:
-        """`fires [tokens, n_units]` bool: which latents fired on each kept token."""
-        dense = fires.float()
-        both = torch.sparse.mm(dense.T.to_sparse(), dense)  # [n, n], exact integers below 2^24 tokens
-        self.pairs += both.round().to(torch.int32)
+        """`fires [tokens, n_units]` bool: which latents fired on each kept token. Sparse batches
+        (fewer firing pairs than a quarter of the matrix) add each pair's count directly; dense
+        ones through a sparse product."""
+        token, unit = fires.nonzero(as_tuple=True)  # token-major
+        per_token = torch.bincount(token, minlength=len(fires))
+        if int(per_token.pow(2).sum()) > self.pairs.numel() // 4:
+            dense = fires.float()
+            both = torch.sparse.mm(dense.T.to_sparse(), dense)  # exact integers below 2^24 tokens
+            self.pairs += both.round().to(torch.int32)
+            return
+        first, left = firing_pairs(token, per_token)
+        index = unit[first] * len(self.pairs) + unit[left]
+        ones = torch.ones_like(index, dtype=torch.int32)
+        self.pairs.view(-1).index_put_((index,), ones, accumulate=True)
 
     def absorb(self, other: CoFiring) -> None:
         self.pairs += other.pairs

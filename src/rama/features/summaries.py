@@ -35,10 +35,11 @@ from rama.features.reservoir import (
     MAX_TOKEN_INDEX,
     Entries,
     Reservoir,
-    bottom_k,
-    token_keys,
-    topk_keys,
-    unit_keys,
+    ranked,
+    sample_keys,
+    token_hashes,
+    top_keys,
+    unit_hashes,
 )
 
 
@@ -98,7 +99,7 @@ class UnitStats:
         self.max = torch.full((n_units,), -math.inf, device=device)
         self.hist = torch.zeros(n_units, n_bins, dtype=torch.int64, device=device)
         self.top = Reservoir(n_units, config.top_k, config.window, device)
-        self.unit_keys = unit_keys(config.seed, n_units, device)
+        self.unit_hashes = unit_hashes(config.seed, n_units, device)
         self.samples = Reservoir(n_units * n_bins, config.samples_per_bin, config.window, device)
 
     @property
@@ -119,61 +120,67 @@ class UnitStats:
             raise ConfigError(f"every batch must have {self.context_size} positions, not {positions}")
         self.context_size = positions
         keep = keep.to(acts.device)
-        acts = acts.float() * keep[..., None]
-        flat = acts.reshape(rows * positions, self.n_units)
-        kept = flat[keep.reshape(-1)]
+        acts = acts.float().masked_fill(~keep[..., None], 0.0)  # special tokens: activation 0
+        flat = acts.view(rows * positions, self.n_units)
+        kept = flat[keep.view(-1)]
         self.tokens += len(kept)
         if len(kept):
             self.max = torch.maximum(self.max, kept.amax(0))
-        fires = flat > 0
-        self.count += fires.sum(0)
-        self.total += (flat * fires).sum(0, dtype=torch.float64)
+        token_at, unit = (flat > 0).nonzero(as_tuple=True)  # the firing entries, token-major
+        value = flat[token_at, unit]
+        self.count += torch.bincount(unit, minlength=self.n_units)
+        self.total.index_add_(0, unit, value.double())
         token_index = first_row * positions + torch.arange(len(flat), device=flat.device)  # [tokens]
         if int(token_index[-1]) >= MAX_TOKEN_INDEX:
             raise ConfigError(f"a pass numbers at most {MAX_TOKEN_INDEX} tokens (2^32)")
-        self.offer_top(flat, fires, token_index, acts, tokens)
-        token_at, unit = fires.nonzero(as_tuple=True)
-        value = flat[token_at, unit]
+        self.offer_top(flat, token_at, unit, value, token_index, acts, tokens)
         bins = torch.bucketize(value, self.edges, right=True)
         groups = unit * self.hist.shape[1] + bins
         self.hist += torch.bincount(groups, minlength=self.hist.numel()).view_as(self.hist)
-        keys = token_keys(self.config.seed, token_index)[token_at] ^ self.unit_keys[unit]
-        candidate = keys <= self.samples.threshold(groups)
-        candidate[candidate.clone()] = bottom_k(
-            groups[candidate], keys[candidate], token_index[token_at[candidate]], self.config.samples_per_bin
-        )
-        pick = candidate.nonzero(as_tuple=True)[0]
+        hashes = token_hashes(self.config.seed, token_index)[token_at] ^ self.unit_hashes[unit]
+        keys = sample_keys(hashes, token_index[token_at])
+        self.offer(self.samples, groups, keys, token_at, unit, value, token_index, acts, tokens)
+
+    def offer(
+        self,
+        reservoir: Reservoir,
+        groups: torch.Tensor,
+        keys: torch.Tensor,
+        token_at: torch.Tensor,
+        unit: torch.Tensor,
+        value: torch.Tensor,
+        token_index: torch.Tensor,
+        acts: torch.Tensor,
+        tokens: torch.Tensor,
+    ) -> None:
+        """Offer firing entries to a reservoir: only those that beat their group's largest kept key,
+        at most `size` per group, get their context gathered."""
+        candidate = (keys < reservoir.threshold(groups)).nonzero(as_tuple=True)[0]
+        order, rank = ranked(groups[candidate], keys[candidate])
+        pick = candidate[order[rank < reservoir.size]]
         at = token_at[pick]
-        self.samples.offer(
+        reservoir.offer(
             self.entries(groups[pick], keys[pick], token_index[at], value[pick], unit[pick], at, acts, tokens)
         )
 
     def offer_top(
         self,
         flat: torch.Tensor,
-        fires: torch.Tensor,
+        token_at: torch.Tensor,
+        unit: torch.Tensor,
+        value: torch.Tensor,
         token_index: torch.Tensor,
         acts: torch.Tensor,
         tokens: torch.Tensor,
     ) -> None:
-        """The batch's best `top_k` per unit by the exact composite key (larger activation first,
-        then lower token index), merged into the kept ones row by row: no entry is lost to a tie."""
-        keys = (topk_keys(flat.view(torch.int32)) << 32) | token_index[:, None]  # [tokens, n_units]
-        keys = torch.where(fires, keys, EMPTY)
-        best = keys.topk(min(self.config.top_k, len(flat)), dim=0, largest=False)  # [k, n_units]
-        at = best.indices.T.reshape(-1)  # [n_units * k] token positions in the batch
-        unit = torch.arange(self.n_units, device=flat.device).repeat_interleave(best.indices.shape[0])
-        found = self.entries(
-            unit, best.values.T.reshape(-1), token_index[at], flat[at, unit], unit, at, acts, tokens
-        )
-        empty = found.keys == EMPTY
-        found.token_index[empty], found.values[empty], found.tokens[empty], found.acts[empty] = (
-            -1,
-            0.0,
-            -1,
-            0.0,
-        )
-        self.top.merge_rows(found.reshape(self.n_units))
+        """Candidates for the top examples: firing entries at least as large as their unit's
+        `top_k`-th largest value in the batch (ties included, so none is lost), keyed by
+        (larger activation, then lower token index) in one exact composite key."""
+        kth = flat.topk(min(self.config.top_k, len(flat)), dim=0).values[-1]  # [n_units]
+        pick = (value >= kth[unit]).nonzero(as_tuple=True)[0]
+        at, who, best = token_at[pick], unit[pick], value[pick]
+        keys = top_keys(best, token_index[at])
+        self.offer(self.top, who, keys, at, who, best, token_index, acts, tokens)
 
     def entries(
         self,
