@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -172,3 +173,18 @@ def test_export_lists_only_what_it_uses_and_clears_a_killed_runs_staging(tmp_pat
     again = rama_in_process("steer", "export", "--model", "/nonexistent", "--site", SITE, "--vector", str(vector),
                             "--out", str(tmp_path / "steered"))  # fmt: skip
     assert again.returncode == 1 and "already holds files" in again.stderr  # refused before loading
+
+
+@pytest.mark.slow
+def test_readme_sea_command_steers_smollm2_to_the_sea(smollm: object) -> None:
+    """The README's command, word for word but for the strength on the documented relative scale."""
+    result = rama_in_process("steer", "--site", "blocks.12.hook_resid_post", "--contrast",
+                             "The ship sailed on the sea", "The meeting starts at nine", "--strength", "0.25",
+                             "Let me describe myself. I am")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    plain, steered = result.stdout.split("steered (add 0.25 at blocks.12.hook_resid_post; strength 1 = norm ")
+    assert "sea" not in plain and "sail" not in plain
+    assert (
+        "sea" in steered and "sail" in steered
+    )  # measured: "a man of the sea, a sailor's tale. I have sailed…"
+    assert "raw vector norm" in steered and ", we, we" not in steered
