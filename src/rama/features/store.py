@@ -149,7 +149,11 @@ class FeatureStore:
             self.connection.row_factory = sqlite3.Row
             self.meta = self.read_meta()
         except sqlite3.DatabaseError as error:
+            self.close()
             raise StoreError(f"{str(self.path)!r} is not a readable feature store: {error}") from None
+        except StoreError:
+            self.close()
+            raise
         if sae is not None and self.meta.get("sae_fingerprint") != sae_fingerprint(sae):
             self.close()
             raise StoreMismatchError(
@@ -179,7 +183,8 @@ class FeatureStore:
         return meta
 
     def close(self) -> None:
-        self.connection.close()
+        if getattr(self, "connection", None) is not None:
+            self.connection.close()
 
     def __enter__(self) -> FeatureStore:
         return self
