@@ -1,4 +1,6 @@
-"""Features: what SAE latents respond to (top activations now; dashboards later)."""
+"""Features: what SAE latents respond to and what they do. `build` runs one streaming pass over a corpus
+and writes a SQLite feature store (`FeatureStore`); `top_activations` and the latent searches answer quick
+questions without one."""
 
 from rama.features.analysis import BuildConfig, FeatureAnalysis, analyse
 from rama.features.builder import build
