@@ -91,9 +91,9 @@ def aux_k_loss(
 
     `pre` are the pre-activations (no gradient) of the encoder input `x`.
     """
-    if dead is None or not bool(dead.any()):  # one host sync per step, for the shape of the top-k
+    k = 0 if dead is None else min(k_aux, int(dead.sum()))  # the step's one host sync: the top-k's size
+    if dead is None or k == 0:
         return residual.new_zeros(())
-    k = min(k_aux, int(dead.sum()))
     _, indices = pre.detach().masked_fill(~dead, float("-inf")).topk(k, dim=-1, sorted=False)
     # a dead latent's pre-activation is -inf only if fewer than k are dead: masked values relu to 0
     values = GatherPre.apply(pre.detach(), x, sae.W_enc, sae.b_enc, indices).relu()
