@@ -78,7 +78,9 @@ def test_the_runnable_blocks_of_a_page_run_in_order(
     for block in runnable(page):
         # Padding with blank lines makes a traceback point at the Markdown line that failed.
         source = "\n" * (block.line - 1) + block.code
-        exec(compile(source, str(block.page), "exec"), namespace)
+        # dont_inherit: run the block as a reader would, not under this file's `from __future__ import
+        # annotations` (string annotations break a dataclass defined in a block: its module is not imported)
+        exec(compile(source, str(block.page), "exec", dont_inherit=True), namespace)
 
 
 def test_every_python_block_says_whether_it_runs() -> None:
