@@ -8,6 +8,7 @@ are as readable as anything else the user writes.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -52,7 +53,7 @@ def staged_file(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path
     `path` in one rename; when it fails it is removed and `path` is untouched."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=suffix, dir=out.parent)
+    handle, name = tempfile.mkstemp(prefix=staging_prefix(out), suffix=suffix, dir=out.parent)
     os.close(handle)
     staging = Path(name)
     try:
@@ -86,6 +87,26 @@ def check_empty_output(out: str | os.PathLike[str]) -> Path:
     return final
 
 
+def staging_prefix(final: Path) -> str:
+    """Every staging file or folder of `final` is named `.<name>.` + tempfile's 8 random characters."""
+    return f".{final.name}."
+
+
+def remove_stale_staging(out: str | os.PathLike[str]) -> list[Path]:
+    """Delete the staging files and folders (`.<name>.XXXXXXXX`, with any suffix) that a write of
+    `out` killed midway left beside it; other dot-names are left alone. Call it only while holding
+    `out`'s lock (`rama.locking.exclusive`): then no live writer owns them."""
+    final = Path(out)
+    pattern = re.compile(re.escape(staging_prefix(final)) + r"[a-z0-9_]{8}(\..*)?")
+    stale = [p for p in final.parent.glob(staging_prefix(final) + "*") if pattern.fullmatch(p.name)]
+    for path in stale:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return stale
+
+
 @contextmanager
 def staged_folder(out: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
     """Yield an empty staging folder beside `out`; on success it replaces `out` in one rename.
@@ -94,7 +115,7 @@ def staged_folder(out: str | os.PathLike[str], overwrite: bool = False) -> Itera
     if not overwrite:
         check_empty_output(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    staging = Path(tempfile.mkdtemp(prefix=staging_prefix(final), dir=final.parent))
     staging.chmod(folder_mode())
     try:
         yield staging

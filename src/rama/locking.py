@@ -24,15 +24,17 @@ def lock_path(target: str | os.PathLike[str]) -> Path:
 
 
 @contextmanager
-def exclusive(target: str | os.PathLike[str]) -> Iterator[Path]:
-    """Hold the lock of `target` for the block; refused with `OutputError` while another process
-    holds it. Re-checks after locking that the file was not removed meanwhile by a finishing writer."""
+def exclusive(target: str | os.PathLike[str], wait: bool = False) -> Iterator[Path]:
+    """Hold the lock of `target` for the block. While another process (or thread) holds it, the
+    call is refused with `OutputError`, or with `wait=True` blocks until it is free (cache builds:
+    the second builder then finds the first one's result). Re-checks after locking that the file
+    was not removed meanwhile by a finishing writer."""
     path = lock_path(target)
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
         handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(handle)
             raise OutputError(

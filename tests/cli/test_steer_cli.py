@@ -163,7 +163,7 @@ def test_export_lists_only_what_it_uses_and_clears_a_killed_runs_staging(tmp_pat
         r"--strength\b(?!s)", sweep
     )  # a sweep reads --strengths only
     vector = towards("John", tmp_path)
-    stale = tmp_path / ".steered.k1lled0"  # what a killed export leaves beside its target
+    stale = tmp_path / ".steered.k1lled0x"  # what a killed export leaves beside its target
     (stale / "part").mkdir(parents=True)
     (stale / "part" / "model.safetensors").write_bytes(b"half")
     result = rama_in_process("steer", "export", "--model", TOY, "--site", SITE, "--vector", str(vector),

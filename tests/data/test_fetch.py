@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from rama.data.fetch import SourceUnavailableError, build_once, fetch_debian, lock_path
+from rama.data.fetch import SourceUnavailableError, build_once, fetch_debian
 from rama.errors import RamaError
+from rama.locking import lock_path
 
 
 def write_file(staging: Path) -> None:
@@ -18,14 +19,15 @@ def write_file(staging: Path) -> None:
 
 def test_stale_staging_from_a_killed_build_is_removed(tmp_path: Path) -> None:
     final = tmp_path / "thing"
-    (tmp_path / ".thing.k3j9x2").mkdir()  # what mkdtemp left when the build was killed
-    (tmp_path / ".thing.k3j9x2" / "half.bin").write_bytes(b"\0" * 100)
-    (tmp_path / ".thing.q8w7e6.tmp").write_text("half a file")
-    (tmp_path / ".other.a1b2c3").mkdir()  # another target's staging: not ours to remove
+    (tmp_path / ".thing.k3j9x2ab").mkdir()  # what mkdtemp left when the build was killed
+    (tmp_path / ".thing.k3j9x2ab" / "half.bin").write_bytes(b"\0" * 100)
+    (tmp_path / ".thing.q8w7e6_d.tmp").write_text("half a file")
+    (tmp_path / ".thing.notes").mkdir()  # not a staging name: left alone
+    (tmp_path / ".other.a1b2c3de").mkdir()  # another target's staging: not ours to remove
     assert build_once(final, write_file) == final
     assert (final / "payload.txt").read_text() == "built"
     left = sorted(p.name for p in tmp_path.iterdir())
-    assert left == [".other.a1b2c3", ".thing.lock", "thing"]
+    assert left == [".other.a1b2c3de", ".thing.notes", "thing"]  # the lock goes with its holder
 
 
 def test_a_failed_build_leaves_nothing_and_the_next_one_succeeds(tmp_path: Path) -> None:
@@ -37,7 +39,7 @@ def test_a_failed_build_leaves_nothing_and_the_next_one_succeeds(tmp_path: Path)
 
     with pytest.raises(OSError, match="disk full"):
         build_once(final, fail)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".thing.lock"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
     build_once(final, write_file)
     assert (final / "payload.txt").is_file()
 
@@ -69,7 +71,7 @@ def test_concurrent_builders_build_once(tmp_path: Path) -> None:
     for thread in threads:
         thread.join()
     assert len(calls) == 1 and (final / "payload.txt").read_text() == "built"
-    assert lock_path(final).is_file()
+    assert not lock_path(final).exists()  # released and removed by the one builder
 
 
 def test_a_debian_package_without_apt_is_a_rama_error(
@@ -80,4 +82,4 @@ def test_a_debian_package_without_apt_is_a_rama_error(
         fetch_debian("wordnet-base", tmp_path / "sources")
     assert isinstance(caught.value, RamaError)
     assert not (tmp_path / "sources" / "wordnet-base").exists()
-    assert [p.name for p in (tmp_path / "sources").iterdir()] == [".wordnet-base.lock"]
+    assert list((tmp_path / "sources").iterdir()) == []  # no staging, and the lock went with its holder

@@ -15,54 +15,18 @@ import subprocess
 import sys
 import tarfile
 import zipfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
-from rama.atomic import staged_folder
+from rama.atomic import remove_stale_staging, staged_folder
 from rama.errors import RamaError
+from rama.locking import exclusive
 
 DOWNLOADS = ".downloads"  # inside the staging folder, so a killed build leaves no archive behind
 
 
 class SourceUnavailableError(RamaError, RuntimeError):
     """A registry package could not be fetched (offline, missing tool, unknown package)."""
-
-
-def lock_path(final: Path) -> Path:
-    """The lock file `build_once` holds beside `final` while building it (left in place, empty)."""
-    return final.parent / f".{final.name}.lock"
-
-
-@contextmanager
-def exclusive(lock: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on `lock` (a no-op where `fcntl` does not exist)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: builds are still atomic, just not exclusive
-        yield
-        return
-    with open(lock, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def remove_stale_staging(final: Path) -> list[Path]:
-    """Remove the `.<name>.*` staging files and folders a killed build of `final` left beside it.
-    Call only while holding `final`'s lock: then no live build owns them."""
-    removed = []
-    for leftover in final.parent.glob(f".{final.name}.*"):
-        if leftover == lock_path(final):
-            continue
-        if leftover.is_dir() and not leftover.is_symlink():
-            shutil.rmtree(leftover, ignore_errors=True)
-        else:
-            leftover.unlink(missing_ok=True)
-        removed.append(leftover)
-    return removed
 
 
 def build_once(
@@ -77,7 +41,7 @@ def build_once(
     if is_done(final):
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    with exclusive(lock_path(final)):
+    with exclusive(final, wait=True):
         if is_done(final):
             return final
         remove_stale_staging(final)

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from rama.atomic import staged_folder
+from rama.atomic import remove_stale_staging, staged_folder
 from rama.errors import ConfigError, OutputError
 from rama.hooks.model import HookedModel
 from rama.interventions.steering import check_strength, check_vector
@@ -64,10 +63,7 @@ def check_export_target(out: str | os.PathLike[str], overwrite: bool = False) ->
     final = Path(out)
     if final.is_file() or (final.is_dir() and any(final.iterdir()) and not overwrite):
         raise OutputError(f"{str(final)!r} already holds files; choose another --out or remove it")
-    if final.parent.is_dir():
-        for stale in final.parent.glob(f".{final.name}.*"):
-            if stale.is_dir() and not stale.is_symlink():
-                shutil.rmtree(stale, ignore_errors=True)
+    remove_stale_staging(final)
     return final
 
 

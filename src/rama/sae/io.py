@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from rama.atomic import staged_folder
 from rama.errors import RamaError
 
 
@@ -46,9 +46,7 @@ def write_saelens(
     """SAELens v6 layout: `cfg.json`, `sae_weights.safetensors`, optional `sparsity.safetensors`
     (each latent's log10 firing density). Files already in the folder (metrics …) are kept."""
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
+    with staged_folder(final, overwrite=True) as staging:
         (staging / "cfg.json").write_text(json.dumps(cfg, indent=2))
         save_file(weights, str(staging / "sae_weights.safetensors"))
         if sparsity is not None:
@@ -59,11 +57,6 @@ def write_saelens(
         for existing in final.glob("*") if final.is_dir() else []:
             if not (staging / existing.name).exists():
                 shutil.move(str(existing), staging / existing.name)  # keep metrics etc. beside the SAE
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(staging, final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def read_sae_files(path: str | os.PathLike[str]) -> SAEFiles:

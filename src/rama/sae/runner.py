@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import time
 from contextlib import ExitStack
@@ -30,7 +29,7 @@ from rama.activations import (
     stream_buffer_tokens,
     stream_harvest_tokens,
 )
-from rama.atomic import write_text
+from rama.atomic import remove_stale_staging, write_text
 from rama.errors import ConfigError, OutputError
 from rama.hooks.model import HookedModel
 from rama.locking import exclusive
@@ -98,46 +97,43 @@ def check_output(out: Path) -> None:
         raise OutputError(f"cannot write {str(out)!r}: {str(existing)!r} is not writable")
 
 
-def remove_stale_staging(out: Path) -> list[Path]:
-    """Delete the staging folders (`.<name>.XXXXXXXX`, as `tempfile.mkdtemp` names them) that a
-    save killed midway left beside `out`; only the lock holder writes `out`, so none is live."""
-    pattern = re.compile(rf"\.{re.escape(out.name)}\.[a-z0-9_]{{8}}")
-    stale = [p for p in out.parent.glob(f".{out.name}.*") if p.is_dir() and pattern.fullmatch(p.name)]
-    for path in stale:
-        shutil.rmtree(path, ignore_errors=True)
-    return stale
-
-
 def plan_data(
     jobs: list[Job],
     *,
-    stream: bool = False,
+    stream: bool | None = None,
     activation_cache: str | Path | None = None,
     harvest_config: HarvestConfig | None = None,
     corpus: str | Path | None = None,
 ) -> DataPlan:
-    """The one place that decides where training batches come from, and how many tokens to harvest.
+    """The one place that decides where training batches come from, and how many tokens to harvest
+    (the library and `rama sae train` share it, and its default: stream).
 
     - `activation_cache=DIR`: harvest into sharded files in DIR once (or reuse what an earlier run
-      with the same model weights, corpus and harvest settings left there); train from them.
-    - `stream=True`: harvest in a background thread into a shuffle buffer while training; each
-      activation is used once, so it needs at least `total_tokens`; memory stays flat.
-    - otherwise: harvest everything into memory first, then train in seeded epochs over it.
+      with the same model weights, corpus and harvest settings left there); train in epochs over them.
+    - `stream=None` (the default): stream, unless fewer tokens are harvested (`harvest_config.tokens`)
+      than trained on (`total_tokens`), which means epochs over activations held in memory.
+    - `stream=True`: harvest in a background thread into a shuffle buffer no bigger than the run
+      needs, while training; each activation is used once (so fewer harvested tokens than trained is
+      a ConfigError); memory stays flat.
+    - `stream=False`: harvest everything into memory first, then train in seeded epochs over it.
     """
     total = max(job.config.total_tokens for job in jobs)
     batch = max(job.config.batch_size for job in jobs)
+    epochs = harvest_config is not None and harvest_config.tokens < total
+    if stream and epochs and activation_cache is None:
+        raise ConfigError(
+            f"stream=True uses each activation once, so harvest_config.tokens "
+            f"({harvest_config.tokens if harvest_config else 0:,}) must be at least total_tokens "
+            f"({total:,}); for epochs over fewer tokens, leave stream unset or False, or use activation_cache=DIR"
+        )
     if activation_cache is not None:
         kind: SourceKind = "disk"
+    elif stream is None:
+        kind = "memory" if epochs else "stream"
     else:
         kind = "stream" if stream else "memory"
     default_tokens = stream_harvest_tokens(total, batch) if kind == "stream" else total
-    harvest_config = harvest_config or HarvestConfig(tokens=default_tokens)
-    if kind == "stream" and harvest_config.tokens < total:
-        raise ConfigError(
-            f"stream=True uses each activation once, so harvest_config.tokens "
-            f"({harvest_config.tokens:,}) must be at least total_tokens ({total:,}); "
-            "for epochs over fewer tokens, train with stream=False or activation_cache=DIR"
-        )
+    harvest_config = harvest_config or HarvestConfig(tokens=default_tokens, seed=jobs[0].config.seed)
     cache = None if activation_cache is None else Path(activation_cache)
     return DataPlan(kind, harvest_config, corpus, cache)
 
@@ -196,7 +192,7 @@ def train(
     harvest_config: HarvestConfig | None = None,
     eval_tokens: int = 16_384,
     site_out: str | None = None,
-    stream: bool = False,
+    stream: bool | None = None,
     activation_cache: str | Path | None = None,
 ) -> tuple[SAE, dict[str, Any]]:
     """Train one SAE (or transcoder `site -> site_out`) on the model's activations, save it, and
@@ -220,7 +216,7 @@ def train_many(
     corpus: str | Path | None = None,
     harvest_config: HarvestConfig | None = None,
     eval_tokens: int = 16_384,
-    stream: bool = False,
+    stream: bool | None = None,
     activation_cache: str | Path | None = None,
 ) -> list[tuple[SAE, dict[str, Any]]]:
     """Several SAEs (sites, widths, sparsities) from one harvest or cache (a stream per job)."""

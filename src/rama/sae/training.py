@@ -10,8 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from rama.activations import STATS_SAMPLE_TOKENS, BatchSource, TensorBatches
-from rama.atomic import write_text
+from rama.atomic import staged_file, write_text
 from rama.errors import ConfigError, InputError
 from rama.sae.base import SAE, SAEConfig, TrainState
 from rama.sae.train_config import TrainConfig, resume_differences
@@ -288,10 +286,7 @@ def trim_metrics(path: Path, step: int) -> None:
 def save_checkpoint(run: Run, path: Path, settings: dict[str, Any]) -> None:
     """Everything a resume needs, with the run's settings, written to a staging file that is renamed
     into place: a run killed mid-write (Ctrl-C included) leaves the previous checkpoint whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".checkpoint.")
-    os.close(handle)
-    try:
+    with staged_file(path) as staging:
         torch.save(
             {
                 "sae": run.sae.state_dict(),
@@ -303,11 +298,8 @@ def save_checkpoint(run: Run, path: Path, settings: dict[str, Any]) -> None:
                 "scale_out": run.scale_out,
                 "settings": json.dumps(settings),
             },
-            temporary,
+            staging,
         )
-        os.replace(temporary, path)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
 
 
 def load_checkpoint(run: Run, path: Path, settings: dict[str, Any]) -> None:
