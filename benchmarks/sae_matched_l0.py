@@ -99,7 +99,7 @@ def main() -> None:
         if arch in args.archs.split(",")
     }
     jobs = [Job(site, out / arch, config) for arch, config in chosen.items()]
-    trained = train_many(model, jobs, harvest_config=HarvestConfig(tokens=args.tokens, dtype="float16"), eval_tokens=args.eval_tokens)  # fmt: skip
+    trained = train_many(model, jobs, harvest_config=HarvestConfig(tokens=args.tokens, dtype="float16"), eval_tokens=args.eval_tokens, stream=False)  # fmt: skip
     results = {}
     for arch, (sae, metrics) in zip(chosen, trained, strict=True):
         metrics.pop("log10_density_histogram", None)

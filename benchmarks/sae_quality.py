@@ -63,7 +63,13 @@ def main() -> None:
     harvest_config = HarvestConfig(tokens=args.tokens, dtype="float16")
     out = Path(args.out)
     _, metrics = train(
-        model, args.site, out, config=config, harvest_config=harvest_config, eval_tokens=args.eval_tokens
+        model,
+        args.site,
+        out,
+        config=config,
+        harvest_config=harvest_config,
+        eval_tokens=args.eval_tokens,
+        stream=False,
     )
     plot_curve(out, f"{args.arch} SAE, {args.width} latents, {args.site}")
     metrics.pop("log10_density_histogram")

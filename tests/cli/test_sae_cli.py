@@ -3,6 +3,8 @@ option vocabulary and the checks that run before any model loads (fast, no model
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import time
 from pathlib import Path
@@ -12,8 +14,8 @@ import pytest
 
 from cli_helpers import rama_in_process
 from rama.cli.main import parse
-from rama.cli.sae import train_config_from_args
-from rama.sae import GatedConfig, L1Config, MatryoshkaConfig, TopKConfig, TrainConfig
+from rama.cli.sae import SAERunOptions, train_config_from_args
+from rama.sae import GatedConfig, L1Config, MatryoshkaConfig, TopKConfig, TrainConfig, train
 
 KEYS = {
     "fvu",
@@ -181,6 +183,10 @@ def test_the_cli_and_the_library_share_their_defaults() -> None:
         and TrainConfig().d_sae == 4608
         and TrainConfig().arch == TopKConfig(k=32)
     )
+    library = inspect.signature(train).parameters  # where the activations come from: one default too
+    run_defaults = {f.name: f.default for f in dataclasses.fields(SAERunOptions)}
+    for name in ("stream", "eval_tokens", "activation_cache", "corpus"):
+        assert library[name].default == run_defaults[name], name
 
 
 BAD_SETTINGS: list[tuple[list[str], str]] = [

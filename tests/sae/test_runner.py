@@ -7,6 +7,7 @@ import json
 import math
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +46,13 @@ def refuse_forward(activation: torch.Tensor, hook: Any) -> None:
 
 def test_where_batches_come_from_is_decided_in_one_place(tmp_path: Path) -> None:
     jobs = [Job(SITE, tmp_path / "a", TrainConfig(total_tokens=20_000, batch_size=512))]
-    memory, streamed = plan_data(jobs), plan_data(jobs, stream=True)
-    cached = plan_data(jobs, stream=True, activation_cache=tmp_path / "acts")
+    memory, streamed = plan_data(jobs, stream=False), plan_data(jobs)  # the default streams
+    cached = plan_data(jobs, activation_cache=tmp_path / "acts")
     assert (memory.kind, memory.harvest.tokens) == ("memory", 20_000)
     assert (streamed.kind, streamed.harvest.tokens) == ("stream", 25_000)  # a buffer that fits the run
     assert (cached.kind, cached.cache, cached.harvest.tokens) == ("disk", tmp_path / "acts", 20_000)
+    epochs = plan_data(jobs, harvest_config=HarvestConfig(tokens=1024))  # fewer tokens: epochs in memory
+    assert (epochs.kind, epochs.harvest.tokens) == ("memory", 1024)
     with pytest.raises(ConfigError, match=r"harvest_config.tokens \(1,024\) must be at least total_tokens"):
         plan_data(jobs, stream=True, harvest_config=HarvestConfig(tokens=1024))
 
@@ -75,7 +78,16 @@ def test_the_sae_is_saved_before_evaluation_so_a_failure_there_keeps_it(
 
     out = tmp_path / "sae"
     with pytest.raises(RuntimeError, match="evaluation broke"), lm.hooks([(SITE, break_evaluation)]):
-        train(lm, SITE, out, config=small(), corpus=corpus, harvest_config=HARVEST, eval_tokens=256)
+        train(
+            lm,
+            SITE,
+            out,
+            config=small(),
+            corpus=corpus,
+            harvest_config=HARVEST,
+            eval_tokens=256,
+            stream=False,
+        )
     kept = SAE.load(out)
     assert kept.cfg.d_sae == 64 and kept.cfg.hook_name == SITE
     assert (out / "train_config.json").exists() and (out / "metrics.jsonl").exists()
@@ -106,7 +118,9 @@ def test_a_second_process_writing_the_same_folder_is_refused(lm: Any, corpus: Pa
     (tmp_path / ".sae.k1ll3d_x").mkdir()  # the staging folder of a save killed midway
     (tmp_path / ".sae.k1ll3d_x" / "cfg.json").write_text("{}")
     (tmp_path / ".sae.notes").mkdir()  # not a staging name: left alone
-    _, metrics = train(lm, SITE, out, config=small(), corpus=corpus, harvest_config=HARVEST, eval_tokens=256)
+    _, metrics = train(
+        lm, SITE, out, config=small(), corpus=corpus, harvest_config=HARVEST, eval_tokens=256, stream=False
+    )
     assert metrics["data"] == "memory"  # the lock died with its process
     assert sorted(p.name for p in tmp_path.iterdir()) == [".sae.notes", "sae"]
 
@@ -131,9 +145,27 @@ def test_jobs_share_one_harvest_and_evaluation_shows_progress(
         Job(SITE, tmp_path / "a", small(progress=True)),
         Job("blocks.0.hook_resid_post", tmp_path / "b", small()),
     ]
-    results = train_many(lm, jobs, corpus=corpus, harvest_config=HARVEST, eval_tokens=256)
+    results = train_many(lm, jobs, corpus=corpus, harvest_config=HARVEST, eval_tokens=256, stream=False)
     first, second = (metrics for _, metrics in results)
     assert first["harvested_tokens"] == second["harvested_tokens"] > 64 * 10  # one harvest, both sites
     assert first["data"] == second["data"] == "memory"
     assert json.loads((tmp_path / "b" / "metrics.json").read_text())["fvu"] == second["fvu"]
     assert "test activations" in capsys.readouterr().err  # the evaluation's bar
+
+
+def test_streaming_inside_a_hooks_block_harvests_in_the_callers_thread(
+    lm: Any, corpus: Path, tmp_path: Path
+) -> None:
+    """The caller's `with model.hooks(...)` holds the model; a background harvest would wait for it
+    forever. The stream sees that and harvests in the caller's thread, with the caller's hooks."""
+    seen: list[str] = []
+
+    def record(activation: torch.Tensor, hook: Any) -> None:
+        seen.append(threading.current_thread().name)
+
+    with lm.hooks([(SITE, record)]):
+        assert lm.runs_in_this_thread_only()
+        _, metrics = train(lm, SITE, tmp_path / "s", config=small(), corpus=corpus, harvest_config=HARVEST,
+                           eval_tokens=256)  # fmt: skip
+    assert metrics["data"] == "stream" and not lm.runs_in_this_thread_only()
+    assert seen and set(seen) == {threading.current_thread().name}

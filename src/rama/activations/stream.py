@@ -101,12 +101,17 @@ class StreamingBatches:
         return PrimedBatches(self._batches(step))
 
     def _batches(self, step: int) -> Generator[Pair, None, None]:
-        prefetcher = Prefetcher(self.chunks())
+        # Inside the caller's `with model.hooks(...)` block the caller's thread holds the model, and a
+        # background harvest would wait for it forever: then harvest in this thread (no overlap).
+        in_thread = self.model.runs_in_this_thread_only()
+        prefetcher = None if in_thread else Prefetcher(self.chunks())
+        chunks = self.chunks() if prefetcher is None else iter(prefetcher)
         try:
-            for index, batch in enumerate(self.buffer.batches(iter(prefetcher))):
+            for index, batch in enumerate(self.buffer.batches(chunks)):
                 if index < step:
                     continue
                 x = batch[self.site]
                 yield x, (batch[self.site_out] if self.site_out else x)
         finally:  # also when training stops early: no harvesting forward may outlive the stream
-            prefetcher.close()
+            if prefetcher is not None:
+                prefetcher.close()

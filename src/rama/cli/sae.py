@@ -42,10 +42,10 @@ class SAERunOptions:
     )
     eval_tokens: int = option(16_384, "held-out tokens for metrics.json")
     corpus: str | None = option(None, "corpus file/folder (default: the built-in English corpus)")
-    stream: bool = option(
-        True,
-        "harvest in a background thread into a shuffle buffer (flat memory); "
-        "--no-stream harvests everything first, in memory",
+    stream: bool | None = option(
+        None,
+        "--stream harvests in a background thread into a shuffle buffer (flat memory); --no-stream "
+        "harvests everything first, in memory (default: stream, unless --harvest-tokens < --total-tokens)",
     )
     activation_cache: str | None = option(
         None,
@@ -184,19 +184,15 @@ def run_train(namespace: argparse.Namespace) -> int:
 
 def train_and_report(options: SAERunOptions, config: TrainConfig) -> int:
     from rama import load
-    from rama.activations import HarvestConfig, stream_harvest_tokens
+    from rama.activations import HarvestConfig
     from rama.sae import train
 
     model = load(options.model, device=config.device)
-    tokens = config.total_tokens
-    epochs = options.harvest_tokens is not None and options.harvest_tokens < tokens
-    if epochs and options.stream and options.activation_cache is None:
-        print(
-            f"--harvest-tokens {options.harvest_tokens} < --total-tokens {tokens}: epochs over activations in memory"
-        )
-    streaming = options.stream and options.activation_cache is None and not epochs
-    default_harvest = stream_harvest_tokens(tokens, config.batch_size) if streaming else tokens
-    harvest_config = HarvestConfig(tokens=options.harvest_tokens or default_harvest, seed=config.seed)
+    harvest_config = (
+        None
+        if options.harvest_tokens is None
+        else HarvestConfig(tokens=options.harvest_tokens, seed=config.seed)
+    )
     _, metrics = train(
         model,
         model.resolve(options.site)[0],
@@ -206,7 +202,7 @@ def train_and_report(options: SAERunOptions, config: TrainConfig) -> int:
         harvest_config=harvest_config,
         eval_tokens=options.eval_tokens,
         site_out=options.site_out,
-        stream=streaming,
+        stream=options.stream,
         activation_cache=options.activation_cache,
     )
     print_metrics(metrics)

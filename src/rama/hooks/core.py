@@ -64,17 +64,39 @@ class StopForward(Exception):
     """Raised by the early-stop hook once the last needed block has run."""
 
 
-_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+class ModelLock:
+    """A re-entrant lock that also answers "does this thread hold it?": code that would run the
+    model from a background thread (a streaming harvest) must not do so while the calling thread
+    holds the lock inside a `hooks()` block — the background forward would wait forever."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.depth = threading.local()
+
+    def __enter__(self) -> ModelLock:
+        self.lock.acquire()
+        self.depth.value = getattr(self.depth, "value", 0) + 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.depth.value -= 1
+        self.lock.release()
+
+    def held_by_this_thread(self) -> bool:
+        return getattr(self.depth, "value", 0) > 0
+
+
+_LOCKS: weakref.WeakKeyDictionary[nn.Module, ModelLock] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
 
 
-def model_lock(root: nn.Module) -> threading.RLock:
+def model_lock(root: nn.Module) -> ModelLock:
     """The one re-entrant lock of a HF model: hooks attached to it are shared by every caller, so
     every `HookedModel` wrapping it runs a forward pass (with its hooks) only while holding this."""
     with _LOCKS_GUARD:
         lock = _LOCKS.get(root)
         if lock is None:
-            lock = _LOCKS[root] = threading.RLock()
+            lock = _LOCKS[root] = ModelLock()
         return lock
 
 

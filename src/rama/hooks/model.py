@@ -22,7 +22,7 @@ from rama.hooks.core import (
     model_lock,
     unknown_site_error,
 )
-from rama.hooks.tokens import Batch, Inputs, check_mask, pad_id, tokenize
+from rama.hooks.tokens import Batch, ContextTooLongError, Inputs, check_mask, pad_id, tokenize
 from rama.models.config import ModelConfig
 from rama.models.loading import load_hf
 from rama.models.registry import adapter_for
@@ -95,6 +95,11 @@ class HookedModel:
                 raise unknown_site_error(name, self.sites)
             out.extend(m for m in matches if m not in out)
         return out
+
+    def runs_in_this_thread_only(self) -> bool:
+        """True inside a `hooks()` block or a forward of this thread: the model lock is held here, so
+        a forward started from another thread would wait until this thread lets go."""
+        return self._lock.held_by_this_thread()
 
     def head_axis(self, site: str) -> int | None:
         """The axis of `site`'s activation that indexes heads (`blocks.3.attn.hook_z` -> 2,
@@ -296,6 +301,12 @@ class HookedModel:
         if do_sample and not temperature > 0:
             raise ConfigError(f"temperature must be above 0 when sampling, not {temperature}")
         batch = self.tokenize(prompt, prepend_bos=prepend_bos, padding_side="left")
+        if self.cfg.n_ctx and batch.tokens.shape[-1] + max_new_tokens > self.cfg.n_ctx:
+            raise ContextTooLongError(
+                f"the prompt is {batch.tokens.shape[-1]} tokens and {max_new_tokens} new tokens were asked "
+                f"for, but the model's context is {self.cfg.n_ctx} tokens; ask for at most "
+                f"{max(self.cfg.n_ctx - batch.tokens.shape[-1], 0)} new tokens or shorten the prompt"
+            )
         mask = batch.attention_mask if batch.attention_mask is not None else torch.ones_like(batch.tokens)
         options: dict[str, Any] = {"do_sample": do_sample, "max_new_tokens": max_new_tokens}
         if do_sample:
