@@ -26,6 +26,7 @@ from rama.activations import HarvestConfig, stream_harvest_tokens
 from rama.atomic import write_text
 from rama.data import iter_documents
 from rama.models.loading import models_cache
+from rama.models.sites import block_site
 from rama.sae import TrainConfig, train
 
 
@@ -59,7 +60,7 @@ def run_rama(model: Any, args: Any, work: Path, stream: bool) -> float:
     start = time.perf_counter()
     train(
         model,
-        f"blocks.{args.layer}.hook_resid_post",
+        block_site(args.layer, "hook_resid_post"),
         out,
         config=config,
         harvest_config=harvest,
@@ -113,7 +114,7 @@ def run_saelens(hf_model: Any, tokenizer: Any, corpus: Path, args: Any) -> float
     cfg = LanguageModelSAERunnerConfig(
         sae=TopKTrainingSAEConfig(d_in=576, d_sae=args.width, k=args.k),
         model_name="smollm2-135m",
-        hook_name=f"blocks.{args.layer}.hook_resid_post",
+        hook_name=block_site(args.layer, "hook_resid_post"),
         dataset_path=str(corpus),
         is_dataset_tokenized=False,
         streaming=False,

@@ -34,6 +34,7 @@ import rama
 from rama.activations import HarvestConfig, harvest
 from rama.data.corpus import builtin_corpus
 from rama.models.loading import BUILTIN_MODELS, convert_gguf, ensure_builtin, locate_package_member
+from rama.models.sites import block_site
 from rama.sae import SAE, TrainConfig, fit
 from rama.sae.runner import sae_metadata, save_evaluated
 
@@ -120,7 +121,7 @@ def train(args: argparse.Namespace) -> None:
     ):
         shutil.copyfileobj(source, dest)
     model = rama.load(work / "model", device=device)
-    names = [f"blocks.{layer}.hook_resid_post" for layer in sites]
+    names = [block_site(layer, "hook_resid_post") for layer in sites]
     harvest_config = HarvestConfig(tokens=args.harvest_tokens, batch_size=64, seed=0)
     start = time.perf_counter()
     acts = harvest(model, names, harvest_config, corpus=work / "documents.jsonl")

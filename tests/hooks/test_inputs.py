@@ -104,3 +104,6 @@ def test_generation_settings_are_checked_before_generating(model: HookedModel) -
         model.generate("w5", 0, fwd_hooks=hooks)
     with pytest.raises(ConfigError, match=r"temperature must be above 0 when sampling, not 0\.0"):
         model.generate("w5", 3, do_sample=True, temperature=0.0, fwd_hooks=hooks)
+    n_ctx = model.cfg.n_ctx
+    with pytest.raises(InputError, match=rf"context is {n_ctx} tokens; ask for at most {n_ctx - 1} new"):
+        model.generate("w5", n_ctx, fwd_hooks=hooks)  # one prompt token + n_ctx would run past the end

@@ -26,6 +26,7 @@ from typing import Any, Literal
 import torch
 
 from rama.data.texts import iter_documents
+from rama.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -42,11 +43,11 @@ class PackConfig:
 
     def __post_init__(self) -> None:
         if self.context_size < 2:
-            raise ValueError(f"context_size must be at least 2, not {self.context_size}")
+            raise ConfigError(f"context_size must be at least 2, not {self.context_size}")
         if self.separator not in ("eos", "bos", "none"):
-            raise ValueError(f"separator must be 'eos', 'bos' or 'none', not {self.separator!r}")
+            raise ConfigError(f"separator must be 'eos', 'bos' or 'none', not {self.separator!r}")
         if self.split not in ("train", "test", "all"):
-            raise ValueError(f"split must be 'train', 'test' or 'all', not {self.split!r}")
+            raise ConfigError(f"split must be 'train', 'test' or 'all', not {self.split!r}")
 
 
 def select_split(documents: Iterable[str], split: str, every: int) -> Iterator[str]:

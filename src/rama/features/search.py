@@ -10,6 +10,7 @@ import torch
 from tqdm import tqdm
 
 from rama.activations import keep_mask
+from rama.errors import InputError
 from rama.hooks.core import HookPoint
 from rama.hooks.model import HookedModel
 from rama.hooks.tokens import Batch
@@ -37,7 +38,7 @@ def concept_token_ids(model: HookedModel, words: Sequence[str]) -> torch.Tensor:
     more characters: `s*` matches "sea" but not "st"). The steering keyword scorer reads the same syntax."""
     whole, starred = split_keywords(words)
     if not whole and not starred:
-        raise ValueError("give at least one concept word, e.g. ['sea', 'ship*']")
+        raise InputError("give at least one concept word, e.g. ['sea', 'ship*']")
     exact, prefixes = set(whole), tuple(starred)
     vocab = model.tokenizer.convert_ids_to_tokens(list(range(model.cfg.d_vocab)))
     hits = []
@@ -95,7 +96,7 @@ def latents_by_contrast(
 
     def mean_codes(texts: Sequence[str]) -> torch.Tensor:
         if not texts:
-            raise ValueError("need at least one text on each side of the contrast")
+            raise InputError("need at least one text on each side of the contrast")
         rows = []
         for text in texts:
             with torch.no_grad():
@@ -152,7 +153,7 @@ def latents_by_effect_per_concept(
     passes are the same for every concept, only the tokens scored differ, so a search over every
     latent costs the same for one concept as for twenty."""
     if not concepts:
-        raise ValueError("give at least one concept, e.g. {'sea': ['sea', 'ship*']}")
+        raise InputError("give at least one concept, e.g. {'sea': ['sea', 'ship*']}")
     ids = [concept_token_ids(model, words) for words in concepts.values()]
     chosen = list(range(sae.cfg.d_sae)) if candidates is None else _candidates(sae, candidates)
     batch = model.tokenize(list(prompts))
@@ -176,7 +177,7 @@ def latents_by_effect_per_concept(
 
 def _candidates(sae: SAE, latents: Sequence[int]) -> list[int]:
     if not latents:
-        raise ValueError("give at least one candidate latent")
+        raise InputError("give at least one candidate latent")
     return sae.check_latents(latents)
 
 

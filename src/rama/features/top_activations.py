@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from rama.activations import keep_mask
+from rama.errors import InputError
 from rama.hooks.model import HookedModel
 from rama.sae.base import SAE
 
@@ -31,7 +32,7 @@ def top_activations(
 ) -> dict[int, list[TopActivation]]:
     """For each latent, its `k` strongest activations over the batches (special tokens excluded)."""
     if any(not 0 <= latent < sae.cfg.d_sae for latent in latents):
-        raise ValueError(f"latents must be in 0..{sae.cfg.d_sae - 1}; got {latents}")
+        raise InputError(f"latents must be in 0..{sae.cfg.d_sae - 1}; got {latents}")
     best: dict[int, list[tuple[float, torch.Tensor, int]]] = {latent: [] for latent in latents}
     for tokens in batches:
         with torch.no_grad():

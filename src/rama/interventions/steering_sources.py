@@ -77,7 +77,7 @@ def _read_vector_file(file: Path) -> object:
 
 def direction(model: HookedModel, site: str, source: SteeringSource) -> torch.Tensor:
     """The steering direction at `site`: the feature's decoder row, the file's vector, or the
-    difference of mean activations (last token) between the contrast's two prompt sets."""
+    difference of mean activations (every token but the first) between the contrast's two prompt sets."""
     if source.sae is not None and source.feature is not None:
         sae = SAE.load(source.sae)
         check_sae_site(model, sae, site)
