@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -58,20 +59,38 @@ def test_a_bug_keeps_its_traceback_and_asks_for_a_report() -> None:
     assert result.stderr.strip().splitlines()[-1].startswith("rama: this is a bug in rama")
 
 
+def restore_ctrl_c() -> None:
+    """In the child: Ctrl-C's default action. A test run started in the background inherits an
+    ignored SIGINT, which Python then keeps ignoring; a user at a terminal never has that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def read_until(process: subprocess.Popen[bytes], marker: bytes, seconds: float) -> bytes:
+    """What the process wrote to stderr until `marker` appeared (or `seconds` passed), never blocking."""
+    assert process.stderr is not None
+    seen, deadline = b"", time.monotonic() + seconds
+    while marker not in seen and time.monotonic() < deadline:
+        ready, _, _ = select.select([process.stderr], [], [], 0.5)
+        if ready:
+            seen += os.read(process.stderr.fileno(), 4096)
+    return seen
+
+
 def test_ctrl_c_is_one_line_and_exit_status_130(tmp_path: Path) -> None:
     process = subprocess.Popen(
         [*RAMA, "toys", "train", "induction-1l", "--steps", "100000", "--out", str(tmp_path / "toy")],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=restore_ctrl_c,
     )
-    assert process.stderr is not None
-    seen = b""
-    deadline = time.monotonic() + 120
-    while b"it/s" not in seen and b"s/it" not in seen and time.monotonic() < deadline:
-        seen += os.read(process.stderr.fileno(), 4096)  # the training progress bar: it is training
-    process.send_signal(signal.SIGINT)
-    _, rest = process.communicate(timeout=60)
+    try:
+        seen = read_until(process, b"loss=", 120)  # the training progress bar: it is training
+        assert b"loss=" in seen, seen[-500:]
+        process.send_signal(signal.SIGINT)
+        _, rest = process.communicate(timeout=60)
+    finally:
+        process.kill()  # never leave a 100,000-step run behind a failed assertion
     assert process.returncode == 130
     assert "Traceback" not in rest.decode() and "interrupted" in rest.decode().strip().splitlines()[-1]
 
