@@ -93,7 +93,7 @@ def staging_prefix(final: Path) -> str:
 
 
 def remove_stale_staging(out: str | os.PathLike[str]) -> list[Path]:
-    """Delete the staging files and folders (`.<name>.XXXXXXXX`, with any suffix) that a write of
+    """Delete the staging files and folders (`.<name>.` + 8 random characters, any suffix) that a write of
     `out` killed midway left beside it; other dot-names are left alone. Call it only while holding
     `out`'s lock (`rama.locking.exclusive`): then no live writer owns them."""
     final = Path(out)

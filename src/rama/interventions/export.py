@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from rama.atomic import remove_stale_staging, staged_folder
-from rama.errors import ConfigError, OutputError
+from rama.atomic import check_empty_output, remove_stale_staging, staged_folder
+from rama.errors import ConfigError
 from rama.hooks.model import HookedModel
 from rama.interventions.steering import check_strength, check_vector
 
@@ -61,8 +61,8 @@ def check_export_target(out: str | os.PathLike[str], overwrite: bool = False) ->
     """Refuse an output folder that already holds files unless `overwrite` (before any work), and
     remove the staging folders (`.<name>.*` beside it) that a killed export left behind."""
     final = Path(out)
-    if final.is_file() or (final.is_dir() and any(final.iterdir()) and not overwrite):
-        raise OutputError(f"{str(final)!r} already holds files; choose another --out or remove it")
+    if final.is_file() or not overwrite:
+        check_empty_output(final)
     remove_stale_staging(final)
     return final
 
