@@ -120,6 +120,32 @@ def test_labels_and_search(model: HookedModel, store: Path, tmp_path: Path) -> N
         db.set_label(4, "x")
 
 
+def test_paged_listing_and_explanations(store: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "explained.db"
+    copy.write_bytes(store.read_bytes())
+    with FeatureStore(copy, writable=True) as db:
+        every = [db.unit(i) for i in range(db.count())]
+        by_density = sorted(every, key=lambda u: (-u["density"], u["id"]))  # type: ignore[index]
+        page = db.units_page(sort="density", descending=True, offset=2, limit=3)
+        assert [u["id"] for u in page] == [u["id"] for u in by_density[2:5]]  # type: ignore[index]
+        db.set_label(3, "ships_and 50%")
+        assert db.count(label_contains="and 50%") == 1 and db.count(label_contains="and_") == 0
+        assert [u["id"] for u in db.units_page(label_contains="SHIPS")] == [3]
+        with pytest.raises(StoreError, match="cannot sort units by 'density; DROP'"):
+            db.units_page(sort="density; DROP")
+        db.set_explanation(3, "llm:m", "ships", created="2026-11-30T00:00:00Z")
+        db.set_explanation_score(3, "llm:m", 0.75, scorer="detection-minilm")
+        assert db.explanations(3) == [
+            {"source": "llm:m", "text": "ships", "score": 0.75, "scorer": "detection-minilm",
+             "created": "2026-11-30T00:00:00Z"}
+        ]  # fmt: skip
+        assert db.explained("llm:m") == {3} and db.explained("other") == set()
+        with pytest.raises(StoreError, match="no latent 99"):
+            db.set_explanation(99, "llm:m", "x", created="")
+        with pytest.raises(StoreError, match="no explanation of latent 4"):
+            db.set_explanation_score(4, "llm:m", 0.5, scorer="x")
+
+
 def test_existing_store_is_refused_unless_replace(model: HookedModel, store: Path) -> None:
     before = store.read_bytes()
     with pytest.raises(OutputError, match="--replace"):

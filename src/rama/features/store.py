@@ -23,7 +23,7 @@ from rama.models.fingerprint import weights_fingerprint
 from rama.sae.base import SAE
 
 KIND = "rama-features"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 SCHEMA = """
@@ -74,7 +74,20 @@ CREATE TABLE neighbours (
     value REAL NOT NULL,
     PRIMARY KEY (unit, measure, rank)
 );
+CREATE TABLE explanations (
+    kind TEXT NOT NULL,
+    unit INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    text TEXT NOT NULL,
+    score REAL,
+    scorer TEXT NOT NULL DEFAULT '',
+    created TEXT NOT NULL,
+    PRIMARY KEY (kind, unit, source)
+);
+CREATE INDEX explanations_text ON explanations (text COLLATE NOCASE);
 """
+
+SORTABLE = ("id", "density", "mean", "max", "label")
 
 
 class StoreError(RamaError, ValueError):
@@ -221,10 +234,9 @@ class FeatureStore:
 
     def by_label(self, text: str, limit: int = 50) -> list[int]:
         """Latent ids whose label contains `text` (case-insensitive)."""
-        pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         rows = self.connection.execute(
             "SELECT id FROM units WHERE kind = 'latent' AND label LIKE ? ESCAPE '\\' ORDER BY id LIMIT ?",
-            (pattern, limit),
+            (like_pattern(text), limit),
         )
         return [row[0] for row in rows]
 
@@ -237,6 +249,72 @@ class FeatureStore:
         )
         return [dict(row) for row in rows]
 
+    def count(self, kind: str = "latent", label_contains: str = "") -> int:
+        """How many units of `kind` (whose label contains `label_contains`, case-insensitive)."""
+        query = "SELECT COUNT(*) FROM units WHERE kind = ? AND label LIKE ? ESCAPE '\\'"
+        return int(self.connection.execute(query, (kind, like_pattern(label_contains))).fetchone()[0])
+
+    def units_page(
+        self,
+        kind: str = "latent",
+        sort: str = "id",
+        descending: bool = False,
+        offset: int = 0,
+        limit: int = 100,
+        label_contains: str = "",
+    ) -> list[dict[str, Any]]:
+        """One page of the unit table (no histograms), sorted by one of SORTABLE, ties by id."""
+        if sort not in SORTABLE:
+            raise StoreError(f"cannot sort units by {sort!r}; choose one of {', '.join(SORTABLE)}")
+        order = "DESC" if descending else "ASC"  # both from fixed sets, never from the caller's text
+        rows = self.connection.execute(
+            f"SELECT kind, id, density, mean, max, count, label FROM units WHERE kind = ? "
+            f"AND label LIKE ? ESCAPE '\\' ORDER BY {sort} {order}, id LIMIT ? OFFSET ?",
+            (kind, like_pattern(label_contains), limit, offset),
+        )
+        return [dict(row) for row in rows]
+
+    def set_explanation(
+        self, id: int, source: str, text: str, created: str, score: float | None = None, scorer: str = "",
+        kind: str = "latent",
+    ) -> None:  # fmt: skip
+        """Save (or replace) the explanation `source` gave unit `id` (store opened `writable`)."""
+        if self.unit(id, kind) is None:
+            raise StoreError(f"no {kind} {id} in {str(self.path)!r}")
+        with self.connection:
+            self.connection.execute(
+                "INSERT OR REPLACE INTO explanations VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (kind, id, source, text, score, scorer, created),
+            )
+
+    def set_explanation_score(
+        self, id: int, source: str, score: float, scorer: str, kind: str = "latent"
+    ) -> None:
+        """Record how well `source`'s explanation of unit `id` scored under `scorer`."""
+        with self.connection:
+            changed = self.connection.execute(
+                "UPDATE explanations SET score = ?, scorer = ? WHERE kind = ? AND unit = ? AND source = ?",
+                (score, scorer, kind, id, source),
+            ).rowcount
+        if not changed:
+            raise StoreError(f"no explanation of {kind} {id} from {source!r} in {str(self.path)!r}")
+
+    def explanations(self, id: int, kind: str = "latent") -> list[dict[str, Any]]:
+        """Every explanation of unit `id`, by source."""
+        rows = self.connection.execute(
+            "SELECT source, text, score, scorer, created FROM explanations WHERE kind = ? AND unit = ? "
+            "ORDER BY source",
+            (kind, id),
+        )
+        return [dict(row) for row in rows]
+
+    def explained(self, source: str, kind: str = "latent") -> set[int]:
+        """Ids of the units `source` has already explained (so a rerun skips them)."""
+        rows = self.connection.execute(
+            "SELECT unit FROM explanations WHERE kind = ? AND source = ?", (kind, source)
+        )
+        return {row[0] for row in rows}
+
     def set_label(self, id: int, label: str, kind: str = "latent") -> None:
         """Save a human label (the store must be opened `writable`)."""
         with self.connection:
@@ -245,3 +323,8 @@ class FeatureStore:
             ).rowcount
         if not changed:
             raise StoreError(f"no {kind} {id} in {str(self.path)!r}")
+
+
+def like_pattern(text: str) -> str:
+    """A LIKE pattern matching `text` anywhere, its own % _ and \\ taken literally."""
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
