@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
+from rama.cli import features_compare, features_explain, features_export, features_score
 from rama.cli.options import add_options, from_args, option
 from rama.features.analysis import BuildConfig
 
@@ -37,6 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     settings = build_parser.add_argument_group("analysis (BuildConfig)")
     add_options(settings, BuildConfig)
     build_parser.set_defaults(handler=run_build)
+    for module in (features_compare, features_score, features_explain, features_export):
+        module.register(commands)
 
 
 def run_build(namespace: argparse.Namespace) -> int:

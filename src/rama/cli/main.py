@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Sequence
 
 from rama import __version__
-from rama.cli import demo, features, inspect, sae, steer, toys
+from rama.cli import demo, features, inspect, sae, serve, steer, toys
 from rama.errors import RamaError
 
 BUG_REPORT = (
@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     toys.register(subparsers)
     steer.register(subparsers)
     features.register(subparsers)
+    serve.register(subparsers)
     finish_parsers(parser)
     return parser
 

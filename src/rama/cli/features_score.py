@@ -1,0 +1,9 @@
+"""`rama features score` (being written; registers nothing yet)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add the `score` subcommand to `rama features`."""

@@ -1,0 +1,9 @@
+"""`rama serve` (being written; registers nothing yet)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `serve` command to `rama`."""
