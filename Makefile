@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.rama-installed
 
-.PHONY: setup demo test lint typecheck docs bench clean
+.PHONY: setup browser demo test lint typecheck docs bench clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -15,12 +15,33 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $(STAMP)
 
-setup: $(STAMP)
+# The browser tests (tests/web/test_browser.py) drive Debian's chromium through Playwright's Python client; a test
+# tool's own browser download fails offline, so apt installs it once (as root, quietly; a no-op once present).
+# Elsewhere install a Chromium yourself and point RAMA_CHROMIUM at it; without one those tests skip, except under
+# .ci/run (RAMA_REQUIRE_BROWSER=1), where they fail.
+RAMA_CHROMIUM ?= /usr/bin/chromium
+export RAMA_CHROMIUM
+APT_LOG := $(VENV)/apt-chromium.log
+
+browser: $(STAMP)
+	@if [ ! -x "$(RAMA_CHROMIUM)" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's chromium for the browser tests (log: $(APT_LOG))"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    { apt-get -q update && apt-get -q install -y --no-install-recommends \
+	        chromium fonts-liberation fonts-dejavu-core; } >$(APT_LOG) 2>&1 \
+	      || { tail -n 20 $(APT_LOG); echo "apt-get could not install chromium"; exit 1; }; \
+	  else \
+	    echo "no $(RAMA_CHROMIUM), and apt-get needs root: install Chromium and set RAMA_CHROMIUM to run the browser tests"; \
+	  fi; \
+	fi
+
+setup: $(STAMP) browser
 
 demo: $(STAMP)
 	$(BIN)/rama demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/ruff format --check src tests benchmarks examples
 	$(BIN)/mypy
