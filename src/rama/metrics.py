@@ -46,3 +46,14 @@ def unexplained_fraction(squared_errors: torch.Tensor, target: torch.Tensor) -> 
 def fvu(reconstruction: torch.Tensor, target: torch.Tensor) -> float:
     """`fvu_tensor` as a Python float."""
     return float(fvu_tensor(reconstruction, target))
+
+
+def auroc(positive: torch.Tensor, negative: torch.Tensor) -> float:
+    """Area under the ROC curve of scores `[n_pos]` against `[n_neg]`: the chance that a random positive
+    scores above a random negative, a tie counting one half (the Mann-Whitney U / (n_pos n_neg))."""
+    if positive.numel() == 0 or negative.numel() == 0:
+        raise InputError(
+            f"AUROC needs both classes; got {positive.numel()} positive, {negative.numel()} negative"
+        )
+    pos, neg = positive.double().flatten()[:, None], negative.double().flatten()[None, :]
+    return float(((pos > neg).double() + 0.5 * (pos == neg).double()).mean())

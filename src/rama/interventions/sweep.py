@@ -14,6 +14,7 @@ from typing import TypeVar
 import torch
 from tqdm import tqdm
 
+from rama.activations.sentence_embeddings import SentenceEmbedder, sentence_embedder
 from rama.atomic import write_text
 from rama.errors import ConfigError, InputError
 from rama.features.search import split_keywords
@@ -47,21 +48,10 @@ def keyword_scorer(words: Sequence[str]) -> Scorer:
 
 
 def embedding_scorer(concept: str, threshold: float = 0.35, encoder: HookedModel | None = None) -> Scorer:
-    """On-concept when the MiniLM sentence embedding (mean-pooled, as sentence-transformers does) of a
+    """On-concept when the MiniLM sentence embedding (`rama.activations.sentence_embeddings`) of a
     continuation has cosine ≥ `threshold` with the concept description's."""
-    import rama
-
-    model = encoder or rama.load("minilm-l6")
-
-    def embed(texts: list[str]) -> torch.Tensor:
-        batch = model.tokenize(texts)
-        mask = batch.attention_mask if batch.attention_mask is not None else torch.ones_like(batch.tokens)
-        with torch.no_grad():
-            hidden = model(batch.tokens, attention_mask=mask)
-        pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
-        return torch.nn.functional.normalize(pooled, dim=-1)
-
-    target = embed([concept])[0]
+    embed = SentenceEmbedder(encoder) if encoder is not None else sentence_embedder()
+    target = embed([concept])[0]  # [d_model]
     return lambda texts: [bool(c >= threshold) for c in (embed(texts) @ target).tolist()]
 
 
