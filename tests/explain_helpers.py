@@ -8,6 +8,7 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -101,6 +102,16 @@ class ChatServer:
                 pass
 
         return Handler
+
+
+def serve_with_key(monkeypatch: Any, key_env: str, key: str) -> Iterator[ChatServer]:
+    """A running ChatServer while the API key is in the environment (for a fixture to `yield from`)."""
+    monkeypatch.setenv(key_env, key)
+    server = ChatServer()
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 BUILD = BuildConfig(batch_size=6, top_k=4, context_left=3, context_right=1, quantiles=3, per_quantile=2,

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from explain_helpers import COMPLETION_TOKENS, PROMPT_TOKENS, ChatServer, Scripted, tiny_store
+from explain_helpers import COMPLETION_TOKENS, PROMPT_TOKENS, ChatServer, Scripted, serve_with_key, tiny_store
 from rama.errors import ConfigError, InputError
 from rama.features import FeatureStore
 from rama.features.explain import (
@@ -42,10 +42,7 @@ def store(template: Path, tmp_path: Path) -> Path:
 
 @pytest.fixture
 def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[ChatServer]:
-    monkeypatch.setenv(KEY_ENV, "sk-test-123")
-    chat = ChatServer()
-    yield chat
-    chat.close()
+    yield from serve_with_key(monkeypatch, KEY_ENV, "sk-test-123")
 
 
 def config(server: ChatServer, **changes: Any) -> ExplainConfig:
