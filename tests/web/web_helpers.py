@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -71,10 +72,25 @@ def tiny_store(tmp_path: Path) -> tuple[Path, HookedModel, SAE]:
     return path, model, sae
 
 
+SHARED: dict[Path, tuple[Path, HookedModel, SAE]] = {}
+
+
+def shared_store(factory: Any) -> tuple[Path, HookedModel, SAE]:
+    """`tiny_store` built once per test session (`factory`: pytest's tmp_path_factory); copy the
+    file before writing to it."""
+    base = Path(factory.getbasetemp())
+    if base not in SHARED:
+        SHARED[base] = tiny_store(factory.mktemp("shared-web-store"))
+    return SHARED[base]
+
+
 @contextmanager
-def served(db_path: Path, model: HookedModel | None = None, sae: SAE | None = None) -> Iterator[str]:
-    """The dashboard for `db_path` under uvicorn in a background thread; yields its base URL."""
-    app = create_app(db_path, model=model, sae=sae)
+def served(
+    db_path: Path, model: HookedModel | None = None, sae: SAE | None = None, **options: Any
+) -> Iterator[str]:
+    """The dashboard for `db_path` (`options` go to `create_app`) under uvicorn in a background thread;
+    yields its base URL."""
+    app = create_app(db_path, model=model, sae=sae, **options)
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", 0))
@@ -93,3 +109,44 @@ def served(db_path: Path, model: HookedModel | None = None, sae: SAE | None = No
         server.should_exit = True
         thread.join(timeout=10)
         listener.close()
+
+
+class Elements(HTMLParser):
+    """Every element of `tag` whose class list holds `cls`: its attributes and its text."""
+
+    def __init__(self, tag: str, cls: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tag, self.cls = tag, cls
+        self.found: list[dict[str, Any]] = []
+        self.open: list[list[Any]] = []  # [element, depth of nested same tags]
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag != self.tag:
+            return
+        for entry in self.open:
+            entry[1] += 1
+        values = {k: v or "" for k, v in attrs}
+        if self.cls in values.get("class", "").split():
+            element = {**values, "text": ""}
+            self.found.append(element)
+            self.open.append([element, 0])
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag != self.tag:
+            return
+        for entry in list(self.open):
+            if entry[1] == 0:
+                self.open.remove(entry)
+            else:
+                entry[1] -= 1
+
+    def handle_data(self, data: str) -> None:
+        for element, _ in self.open:
+            element["text"] += data
+
+
+def elements(html: str, tag: str, cls: str) -> list[dict[str, Any]]:
+    """The `tag` elements of class `cls` in `html` (attributes, and `text`: their text, unescaped)."""
+    parser = Elements(tag, cls)
+    parser.feed(html)
+    return parser.found

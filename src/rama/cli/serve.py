@@ -1,9 +1,88 @@
-"""`rama serve` (being written; registers nothing yet)."""
+"""`rama serve DB`: the feature dashboard for a feature store, on 127.0.0.1 unless told otherwise.
+
+The store is checked (and, with `--sae`, matched to the SAE) before anything slow is loaded; the model
+is loaded once, only with `--sae` (the pages that run text need both), from `--model` or the store's
+`model_name`. The port is bound before the server starts, so a taken port is a one-line error.
+"""
 
 from __future__ import annotations
 
 import argparse
+import socket
+import sys
+from dataclasses import dataclass
+
+from rama.cli.options import add_options, from_args, option
+from rama.errors import ConfigError
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """What `rama serve` needs."""
+
+    db: str = option("", "the feature store (from `rama features build`)", positional=True)
+    model: str | None = option(None, "model for /text and /steer (default: the store's model_name)")
+    sae: str | None = option(
+        None, "the store's SAE folder: enables /text and /steer, checked against the store"
+    )
+    host: str = option("127.0.0.1", "address to listen on (0.0.0.0 exposes the dashboard to the network)")
+    port: int = option(8000, "port to listen on")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `serve` command to `rama`."""
+    parser = subparsers.add_parser(
+        "serve",
+        help="browse a feature store in a local web dashboard",
+        epilog="example: rama serve l9.db --sae sae-l9   (then open http://127.0.0.1:8000/)",
+    )
+    add_options(parser, ServeOptions)
+    parser.set_defaults(handler=run_serve)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A socket bound to (host, port), or a ConfigError saying why not."""
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port must be between 0 and 65535, not {port}")
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as error:
+        listener.close()
+        raise ConfigError(
+            f"cannot listen on {host}:{port} ({error.strerror}); choose another --port or --host"
+        ) from None
+    return listener
+
+
+def run_serve(namespace: argparse.Namespace) -> int:
+    import uvicorn
+
+    from rama.features.store import FeatureStore
+    from rama.hooks import load
+    from rama.sae.base import SAE
+    from rama.web import create_app
+
+    options = from_args(ServeOptions, namespace)
+    sae = SAE.load(options.sae) if options.sae else None
+    with FeatureStore(options.db, sae=sae) as store:  # a bad or mismatched store fails here, quickly
+        model_name = options.model or store.meta.get("model_name")
+    if options.model and sae is None:
+        print(
+            "rama serve: --model is used only with --sae (the text and steering pages need both)",
+            file=sys.stderr,
+        )
+    model = load(model_name) if sae is not None and model_name else None
+    app = create_app(options.db, model=model, sae=sae)
+    listener = bind(options.host, options.port)
+    if options.host not in LOCAL_HOSTS:
+        print(f"rama serve: warning: listening on {options.host}, so anyone who can reach this machine can "
+              "read the store and relabel its features; use --host 127.0.0.1 to keep it local", file=sys.stderr)  # fmt: skip
+    port = listener.getsockname()[1]
+    shown = f"[{options.host}]" if ":" in options.host else options.host
+    print(f"rama serve: {options.db} at http://{shown}:{port}/ (Ctrl-C to stop)", flush=True)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[listener])
+    return 0

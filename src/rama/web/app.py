@@ -24,7 +24,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from rama.errors import InputError, RamaError
+from rama.errors import ConfigError, InputError, RamaError
 from rama.features.store import SORTABLE, FeatureStore
 from rama.hooks.model import HookedModel
 from rama.sae.base import SAE
@@ -32,7 +32,6 @@ from rama.web import render
 from rama.web.live import MAX_EDITS, Edit, LiveModel
 
 STATIC = Path(__file__).parent / "static"
-PAGE_SIZE = 100
 MAX_QUERY_CHARS = 200
 MAX_LABEL_CHARS = 200
 MAX_FORM_BYTES = 16_384
@@ -46,7 +45,12 @@ class Dashboard:
     """The state behind every request: the open store (one connection, used under a lock), the
     templates, the latents' medians, and the model and SAE when given."""
 
-    def __init__(self, store_path: str | Path, model: HookedModel | None, sae: SAE | None) -> None:
+    def __init__(
+        self, store_path: str | Path, model: HookedModel | None, sae: SAE | None, page_size: int
+    ) -> None:
+        if page_size < 1:
+            raise ConfigError(f"page_size must be at least 1, not {page_size}")
+        self.page_size = page_size
         self.path = Path(store_path)
         writable = self.path.is_file() and self.path.stat().st_mode & 0o200 != 0
         self.store = FeatureStore(self.path, sae=sae, writable=writable)  # checks the file and the SAE
@@ -77,9 +81,12 @@ class Dashboard:
         return "" if unit is None else str(unit["label"])
 
 
-def create_app(store_path: str | Path, model: HookedModel | None = None, sae: SAE | None = None) -> FastAPI:
-    """The dashboard for the feature store at `store_path`; `model` and `sae` enable /text and /steer."""
-    board = Dashboard(store_path, model, sae)
+def create_app(
+    store_path: str | Path, model: HookedModel | None = None, sae: SAE | None = None, page_size: int = 100
+) -> FastAPI:
+    """The dashboard for the feature store at `store_path`; `model` and `sae` enable /text and /steer;
+    the index shows `page_size` units a page."""
+    board = Dashboard(store_path, model, sae, page_size)
     app = FastAPI(title="rama features", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.dashboard = board
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
@@ -145,8 +152,9 @@ def add_unit_routes(app: FastAPI, board: Dashboard) -> None:
         check_query("label filter", label)
         with board.reading() as store:
             total = store.count(kind, label)
-            rows = store.units_page(kind, sort, order == "desc", (page - 1) * PAGE_SIZE, PAGE_SIZE, label)
-        pages = max(1, -(-total // PAGE_SIZE))
+            size = board.page_size
+            rows = store.units_page(kind, sort, order == "desc", (page - 1) * size, size, label)
+        pages = max(1, -(-total // board.page_size))
         return board.page("index.html", rows=rows, total=total, kind=kind, sort=sort, order=order,
                           label=label, page=page, pages=pages)  # fmt: skip
 

@@ -65,14 +65,15 @@ def render_page(env: jinja2.Environment, template: str, links: Links, meta: dict
 
 
 def token_html(text: str) -> Markup:
-    """A token's text, escaped, with whitespace shown as dim markers (␣ ↵ ⇥) and "" as ∅."""
+    """A token's text, escaped, with whitespace shown as dim markers (␣ ↵ ⇥) and "" as ∅. Escaping
+    comes first and never makes whitespace, so the markers are the only markup added."""
     if text == "":
         return Markup('<span class="ws">∅</span>')
-    pieces = [
-        Markup('<span class="ws">{}</span>').format(WHITESPACE[c]) if c in WHITESPACE else escape(c)
-        for c in text
-    ]
-    return Markup("").join(pieces)
+    html = str(escape(text))
+    for char, marker in WHITESPACE.items():
+        if char in html:
+            html = html.replace(char, f'<span class="ws">{marker}</span>')
+    return Markup(html)
 
 
 def shade(value: float, top: float) -> str:

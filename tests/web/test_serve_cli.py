@@ -1,0 +1,73 @@
+"""`rama serve` as a user runs it: a real subprocess that serves the store, warns when it listens
+beyond this machine, and stops on Ctrl-C; bad stores and taken ports are one-line errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from web_helpers import shared_store
+
+from cli_helpers import rama_in_process
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_serve_starts_answers_and_stops(tmp_path_factory: pytest.TempPathFactory) -> None:
+    db, _, _ = shared_store(tmp_path_factory)
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "rama.cli.main",
+        "serve",
+        str(db),
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(port),
+    ]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    try:
+        deadline, answer = time.monotonic() + 60, None
+        while answer is None and time.monotonic() < deadline and child.poll() is None:
+            try:
+                answer = httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
+            except httpx.TransportError:
+                time.sleep(0.2)
+        assert answer is not None and answer.status_code == 200 and "24 latents" in answer.text
+    finally:
+        os.kill(child.pid, signal.SIGINT)
+        out, err = child.communicate(timeout=30)
+    assert f"at http://0.0.0.0:{port}/" in out
+    assert "warning: listening on 0.0.0.0" in err and "Traceback" not in err
+    assert child.returncode in (0, 130)
+
+
+def test_bad_store_and_taken_port_are_one_line_errors(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    garbage = tmp_path / "x.db"
+    garbage.write_text("no")
+    result = rama_in_process("serve", str(garbage))
+    assert (
+        result.returncode == 1 and "not a feature store" in result.stderr and "Traceback" not in result.stderr
+    )
+    db, _, _ = shared_store(tmp_path_factory)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = rama_in_process("serve", str(db), "--port", str(taken.getsockname()[1]))
+    assert result.returncode == 1 and "choose another --port" in result.stderr
