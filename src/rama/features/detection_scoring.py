@@ -76,13 +76,14 @@ class DetectionScorer:
                 chosen.append(window)
         return chosen
 
-    def embed(self, windows: list[Window]) -> torch.Tensor:
-        """Unit vectors `[len(windows), d]`, computing only those not embedded before."""
+    def embed(self, windows: list[Window], query: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unit vectors of the windows `[len(windows), d]` (only those not embedded before are computed,
+        in one batch with the query) and of the query `[d]`."""
         new = sorted({w.token_index: w.text for w in windows if w.token_index not in self.vectors}.items())
-        if new:
-            for (token_index, _), vector in zip(new, self.embedder([text for _, text in new]), strict=True):
-                self.vectors[token_index] = vector
-        return torch.stack([self.vectors[w.token_index] for w in windows])
+        vectors = self.embedder([text for _, text in new] + [query])  # [new + 1, d]
+        for (token_index, _), vector in zip(new, vectors[:-1], strict=True):
+            self.vectors[token_index] = vector
+        return torch.stack([self.vectors[w.token_index] for w in windows]), vectors[-1]
 
     def score(self, id: int, explanation: str) -> DetectionScore:
         """The AUROC of `explanation` at telling unit `id`'s activating windows from non-activating ones."""
@@ -94,7 +95,8 @@ class DetectionScorer:
         negatives = self.non_activating(id, len(positives))
         if not negatives:
             raise InputError(f"no window in the store is free of {self.kind} {id}'s firing tokens")
-        similarity = self.embed(positives + negatives) @ self.embedder([explanation])[0]  # [windows]
+        windows, query = self.embed(positives + negatives, explanation)
+        similarity = windows @ query  # [windows]
         value = auroc(similarity[: len(positives)], similarity[len(positives) :])
         return DetectionScore(self.kind, id, value, len(positives), len(negatives))
 
