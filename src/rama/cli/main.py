@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Sequence
 
 from rama import __version__
-from rama.cli import demo, features, inspect, sae, serve, steer, toys
+from rama.cli import demo, features, inspect, probe, sae, serve, steer, toys
 from rama.errors import RamaError
 
 BUG_REPORT = (
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     steer.register(subparsers)
     features.register(subparsers)
     serve.register(subparsers)
+    probe.register(subparsers)
     finish_parsers(parser)
     return parser
 
