@@ -52,8 +52,14 @@ def config(server: ChatServer, **changes: Any) -> ExplainConfig:
 
 
 def test_marks_each_run_of_active_tokens() -> None:
-    assert mark_activating(["a", " b", " c", " d", " e"], [0.0, 1.5, 2.0, 0.0, 0.3]) == "a<< b c>> d<< e>>"
-    assert mark_activating(["x\ny", " z"], [0.2, 0.0]) == "<<x\\ny>> z"
+    assert mark_activating([" a", " b", " c", " d", " e"], [0.0, 1.5, 2.0, 0.0, 0.3]) == "a <<b c>> d <<e>>"
+    assert mark_activating(["x\ny", " z", "\n"], [0.2, 0.0, 0.0]) == "<<x\\ny>> z\\n"
+
+
+def test_the_docs_show_the_system_prompt_verbatim() -> None:
+    page = (Path(__file__).resolve().parents[2] / "docs" / "features.md").read_text(encoding="utf-8")
+    quoted = " ".join(line[2:] for line in page.splitlines() if line.startswith("> "))
+    assert SYSTEM_PROMPT in quoted
 
 
 def test_request_shape_prompt_and_saved_explanations(server: ChatServer, store: Path) -> None:
@@ -85,7 +91,9 @@ def test_request_shape_prompt_and_saved_explanations(server: ChatServer, store: 
             f"1. {mark_activating(weaker['tokens'], weaker['activations'])}",
             "", f"Tokens it makes more likely: {promoted}",
         ])  # fmt: skip
-        assert "<<" in user["content"] and f"<<{top[0]['tokens'][top[0]['focus']]}" in user["content"]
+        assert (
+            "<<" in user["content"] and f"<<{top[0]['tokens'][top[0]['focus']].lstrip()}" in user["content"]
+        )
         saved = db.explanations(4)
     assert [(e["source"], e["text"]) for e in saved] == [(SOURCE, "feature 4 explained")]  # stripped
     assert datetime.fromisoformat(saved[0]["created"]).tzinfo is not None

@@ -137,16 +137,20 @@ class ExplainReport:
 
 
 def mark_activating(tokens: list[str], activations: list[float]) -> str:
-    """One excerpt as text, each run of tokens where the unit is active wrapped in `<<` `>>`; newlines
-    shown as `\\n` so that each excerpt stays on one line."""
+    """One excerpt as text, each run of tokens where the unit is active wrapped in `<<` `>>` (a leading
+    space stays outside: `the <<cat>>`); newlines shown as `\\n` so each excerpt stays on one line."""
     parts: list[str] = []
     active = False
     for token, value in zip(tokens, activations, strict=True):
-        if (value > 0) != active:
-            parts.append("<<" if value > 0 else ">>")
-            active = value > 0
-        parts.append(token.replace("\n", "\\n"))
-    return "".join(parts) + (">>" if active else "")
+        text = token.replace("\n", "\\n")
+        if value > 0 and not active:
+            word = text.lstrip(" ")
+            text = text[: len(text) - len(word)] + "<<" + word
+        elif active and value <= 0:
+            parts.append(">>")
+        active = value > 0
+        parts.append(text)
+    return ("".join(parts) + (">>" if active else "")).strip()
 
 
 def pick_quantile_examples(quantile: list[dict[str, Any]], n: int, skip: set[int]) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ import gzip
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -216,8 +216,9 @@ def export_neuronpedia(
                     bar.update()
                 for table, table_rows in rows.items():
                     write_jsonl_gz(staging / table / f"batch-{batch}.jsonl.gz", table_rows)
-        manifest = {**asdict(key), "d_sae": d_sae, "model_name": meta["model_name"],
-                    "sae_fingerprint": meta["sae_fingerprint"], "tokens": meta["tokens"],
-                    "batch_size": config.batch_size, "rama_version": meta.get("rama_version")}  # fmt: skip
+        manifest = {"model_id": key.model_id, "source_id": key.source_id, "hook_name": key.hook_name,
+                    "d_sae": d_sae, "model_name": meta["model_name"], "sae_fingerprint": meta["sae_fingerprint"],
+                    "tokens": meta["tokens"], "context_size": key.context_size, "batch_size": config.batch_size,
+                    "rama_version": meta.get("rama_version")}  # fmt: skip
         (staging / "source.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return final
