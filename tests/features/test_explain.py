@@ -182,7 +182,9 @@ def test_reruns_skip_explained_latents_and_an_interrupted_run_resumes(
         fired = [i for i in range(24) if db.unit(i)["count"] > 0]  # type: ignore[index]
     assert 0 not in fired and len(fired) >= 6
     server.then(Scripted(), Scripted(), Scripted(401))  # two answers, then the run stops
-    with pytest.raises(ExplainError, match="HTTP 401"):
+    with pytest.raises(
+        ExplainError, match=r"HTTP 401 .*\(2 explanations saved in this run; the same command"
+    ):
         explain(store, config(server))
     with FeatureStore(store) as db:
         assert db.explained(SOURCE) == set(fired[:2])

@@ -15,10 +15,11 @@ import email.utils
 import http.client
 import json
 import os
+import queue
 import threading
 import urllib.error
 import urllib.request
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -322,32 +323,62 @@ def pending_latents(store: FeatureStore, config: ExplainConfig) -> tuple[list[in
     return pending, len(wanted) - len(todo), len(todo) - len(fired)
 
 
+def answers(
+    client: ChatClient, prompts: dict[int, list[dict[str, str]]], workers: int
+) -> Iterator[tuple[int, str, Usage]]:
+    """(latent, explanation, usage) as each answer arrives, from `workers` daemon threads (a Ctrl-C
+    or an error ends the run at once, without waiting on requests in flight); the first failure raises."""
+    jobs: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for id in prompts:
+        jobs.put(id)
+    results: queue.SimpleQueue[tuple[int, tuple[str, Usage] | None, BaseException | None]] = (
+        queue.SimpleQueue()
+    )
+
+    def work() -> None:
+        while not client.stopped.is_set():
+            try:
+                id = jobs.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                results.put((id, client.complete(prompts[id]), None))
+            except BaseException as error:  # handed to the main thread, which raises it
+                results.put((id, None, error))
+                return
+
+    for _ in range(min(workers, len(prompts))):
+        threading.Thread(target=work, daemon=True, name="rama-explain").start()
+    for _ in prompts:
+        id, answer, error = results.get()
+        if error is not None:
+            raise error
+        assert answer is not None
+        yield id, *answer
+
+
 def explain(store_path: str | Path, config: ExplainConfig) -> ExplainReport:
     """Ask `config.endpoint` to explain each pending latent of the store and save each answer as it
     arrives (source `config.source_name`); a rerun skips what that source has already explained."""
-    key = api_key(config)
-    client = ChatClient(config, key)
+    client = ChatClient(config, api_key(config))
     usage, explained = Usage(), []
     with FeatureStore(store_path, writable=True) as store:
         pending, already, dead = pending_latents(store, config)
         prompts = {i: explanation_prompt(store, i, config) for i in pending}
         bar = tqdm(total=len(pending), desc="explanations", unit="latent", disable=not config.progress)
-        pool = ThreadPoolExecutor(max_workers=config.workers)
         try:
-            futures: dict[Future[tuple[str, Usage]], int] = {
-                pool.submit(client.complete, prompts[i]): i for i in pending
-            }
-            for future in as_completed(futures):
-                text, spent = future.result()
+            for id, text, spent in answers(client, prompts, config.workers):
                 created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-                store.set_explanation(futures[future], config.source_name, text, created)
-                explained.append(futures[future])
+                store.set_explanation(id, config.source_name, text, created)
+                explained.append(id)
                 usage.add(spent)
                 bar.set_postfix_str(progress_note(usage, config), refresh=False)
                 bar.update()
+        except ExplainError as error:
+            raise ExplainError(f"{error} ({len(explained)} explanations saved in this run; the same command "
+                               "carries on with the rest)") from None  # fmt: skip
         finally:
             client.stopped.set()
-            pool.shutdown(wait=False, cancel_futures=True)
             bar.close()
     cost = config.cost(usage.prompt_tokens, usage.completion_tokens)
     return ExplainReport(config.source_name, explained, already, dead, usage, cost)
