@@ -60,6 +60,7 @@ def test_histogram_geometry_by_hand() -> None:
     assert [b.x for b in shape["bars"]] == [0.0, 100.0, 200.0]  # three bins share 300 px
     assert [b.height for b in shape["bars"]] == [50.0, 0.0, 100.0]  # against the tallest, 4
     assert (shape["low"], shape["high"], shape["top"]) == (1.0, 1000.0, 4)
+    assert shape["ticks"] == [(0.0, 1.0), (100.0, 10.0), (200.0, 100.0), (300, 1000.0)]  # ends and decades
     assert histogram([0, 0], [1.0])["bars"] == []
 
 
@@ -168,7 +169,10 @@ def test_api_is_the_store_as_json(site: tuple[str, Path]) -> None:
     with FeatureStore(db) as store:
         top, cofiring = store.examples(5, "top"), store.neighbours(5, "cofiring")
     data = httpx.get(f"{url}/api/feature/5").json()
-    assert data["top"] == top and data["neighbours"]["cofiring"] == cofiring
+    assert data["top"] == top
+    assert [(n["other"], n["value"]) for n in data["neighbours"]["cofiring"]] == [
+        (n["other"], n["value"]) for n in cofiring
+    ]
     missing = httpx.get(f"{url}/api/feature/24")
     assert missing.status_code == 404 and "0 … 23" in missing.json()["error"]
 

@@ -77,8 +77,7 @@ class Dashboard:
         return HTMLResponse(html, status_code=status)
 
     def label(self, id: int) -> str:
-        unit = self.store.unit(id)
-        return "" if unit is None else str(unit["label"])
+        return render.label_of(self.store, id)
 
 
 def create_app(

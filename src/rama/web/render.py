@@ -115,7 +115,7 @@ def histogram(counts: list[int], edges: list[float], width: int = 560, height: i
     (activation) at both ends and the tallest count (the y axis label)."""
     filled = [i for i, c in enumerate(counts) if c]
     if not filled:
-        return {"bars": [], "width": width, "height": height, "low": 0.0, "high": 0.0, "top": 0}
+        return {"bars": [], "width": width, "height": height, "low": 0.0, "high": 0.0, "top": 0, "ticks": []}
     first, last = filled[0], filled[-1]
     bounds = [0.0, *edges, math.inf]  # bin i spans [bounds[i], bounds[i + 1])
     top = max(counts)
@@ -126,7 +126,20 @@ def histogram(counts: list[int], edges: list[float], width: int = 560, height: i
         for i in range(first, last + 1)
     ]  # fmt: skip
     return {"bars": bars, "width": width, "height": height, "low": bounds[first], "high": bounds[last + 1],
-            "top": top}  # fmt: skip
+            "top": top, "ticks": ticks(bars, width)}  # fmt: skip
+
+
+def ticks(bars: list[Bar], width: float) -> list[tuple[float, float]]:
+    """(x, activation) axis ticks: both ends and every bar edge at a power of ten between them."""
+    inner = [(bar.x, bar.low) for bar in bars[1:] if bar.low > 0 and is_decade(bar.low)]
+    end = bars[-1].high if math.isfinite(bars[-1].high) else bars[-1].low
+    return [(0.0, bars[0].low), *inner, (float(width), end)]
+
+
+def is_decade(value: float) -> bool:
+    """A power of ten, to float32 precision (the store's bin edges are float32)."""
+    exponent = math.log10(value)
+    return abs(exponent - round(exponent)) < 1e-6
 
 
 def medians(store: FeatureStore, kind: str = "latent") -> dict[str, float | None]:
@@ -143,6 +156,8 @@ def unit_page(store: FeatureStore, kind: str, id: int) -> dict[str, Any] | None:
     quantiles: dict[int, list[dict[str, Any]]] = {}
     for example in store.examples(id, "quantile", kind):
         quantiles.setdefault(example["bin"], []).append(example)
+    for group in quantiles.values():
+        group.sort(key=lambda e: -e["activation"])  # strongest first within a group, like the top examples
     page: dict[str, Any] = {
         "kind": kind,
         "route": ROUTE_OF[kind],
@@ -160,8 +175,16 @@ def unit_page(store: FeatureStore, kind: str, id: int) -> dict[str, Any] | None:
             via: {d: store.logits(id, via, d) for d in ("promoted", "suppressed")}
             for via in ("norm", "direct")
         }
-        page["neighbours"] = {m: store.neighbours(id, m) for m in ("cosine", "cofiring")}
+        page["neighbours"] = {
+            m: [{**n, "label": label_of(store, n["other"])} for n in store.neighbours(id, m)]
+            for m in ("cosine", "cofiring")
+        }
     return page
+
+
+def label_of(store: FeatureStore, id: int) -> str:
+    unit = store.unit(id)
+    return "" if unit is None else str(unit["label"])
 
 
 def api_unit(page: dict[str, Any]) -> dict[str, Any]:
