@@ -10,6 +10,8 @@ site's page (an `Origin` that is not this server) is refused, so a web page cann
 
 from __future__ import annotations
 
+import os
+import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -52,7 +54,9 @@ class Dashboard:
             raise ConfigError(f"page_size must be at least 1, not {page_size}")
         self.page_size = page_size
         self.path = Path(store_path)
-        writable = self.path.is_file() and self.path.stat().st_mode & 0o200 != 0
+        writable = (
+            self.path.is_file() and self.path.stat().st_mode & 0o200 != 0 and os.access(self.path, os.W_OK)
+        )
         self.store = FeatureStore(self.path, sae=sae, writable=writable)  # checks the file and the SAE
         self.writable = writable
         self.lock = threading.Lock()
@@ -183,7 +187,12 @@ def add_unit_routes(app: FastAPI, board: Dashboard) -> None:
         with board.reading() as store:
             if store.unit(latent) is None:
                 raise PageError(404, f"there is no feature {latent}")
-            store.set_label(latent, text)
+            try:
+                store.set_label(latent, text)
+            except sqlite3.OperationalError as error:  # e.g. a folder where SQLite cannot write its journal
+                raise PageError(
+                    403, f"the label could not be saved in {str(board.path)!r}: {error}"
+                ) from None
         return RedirectResponse(f"/feature/{latent}", status_code=303)
 
 
