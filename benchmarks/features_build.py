@@ -34,6 +34,7 @@ import torch
 import rama
 from rama.activations import HarvestConfig, batches_with_activations, harvest
 from rama.atomic import write_text
+from rama.data import PackConfig, token_batches
 from rama.features import BuildConfig, FeatureStore, analyse, build
 from rama.features.analysis import neuron_site
 from rama.hooks import HookedModel
@@ -170,19 +171,27 @@ def page_times(store: Path, options: Options) -> dict[str, float]:
             "p50_ms": q[0], "p95_ms": q[1], "max_ms": max(times)}  # fmt: skip
 
 
-def run_saedash(options: Options, work: Path) -> dict[str, object]:
-    """SAEDashboard's runner on the same SAE (converted to SAELens's folder layout) and the same number of
-    tokens, in its own venv; its tokens/s, or the reason it cannot run here."""
+def run_saedash(model: HookedModel, options: Options, work: Path) -> dict[str, object]:
+    """SAEDashboard's runner on the same SAE folder (rama writes SAELens's layout), the same model weights
+    and the same token rows, in its own venv (`features_build_saedash.py`); its tokens/s, or why not."""
     python = Path(options.saedash_python)
     if not python.is_file():
         return {"ran": False, "why": f"no venv with sae-dashboard at {python}"}
+    pack = PackConfig(context_size=128, seed=0, split="train")  # what HarvestConfig's defaults read
+    rows = torch.cat(
+        list(token_batches(model.tokenizer, None, batch_size=8, config=pack, max_tokens=options.tokens))
+    )
+    torch.save(rows, work / "tokens.pt")
+    model.hf.save_pretrained(work / "hf")
+    model.tokenizer.save_pretrained(work / "hf")
     script = Path(__file__).with_name("features_build_saedash.py")
-    done = subprocess.run([str(python), str(script), options.sae, str(options.tokens), str(work)],
-                          capture_output=True, text=True)  # fmt: skip
+    command = [str(python), str(script), options.sae, str(work / "hf"), str(work / "tokens.pt")]
+    done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
         return {"ran": False, "why": lines[-1] if lines else f"exit {done.returncode}"}
-    return {"ran": True, **json.loads(done.stdout.strip().splitlines()[-1])}
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return {"ran": True, **result, "tokens/s": result["tokens"] / result["seconds"]}
 
 
 def machine() -> str:
@@ -206,7 +215,7 @@ def main() -> None:
             for name, value in record["speed"].items():  # type: ignore[attr-defined]
                 print(f"| {name} | {value:,.3f} |" if "÷" in name else f"| {name} | {value:,.0f} |")
         if "saedash" not in options.skip:
-            record["saedash"] = run_saedash(options, work)
+            record["saedash"] = run_saedash(model, options, work)
             print(f"\nsae-dashboard: {record['saedash']}")
         if "memory" not in options.skip:
             print("\n| tokens | peak RSS | wall | store | store per latent |\n|---|---|---|---|---|")
