@@ -166,6 +166,7 @@ class Comparison:
     units: list[UnitMeasure]
     baseline: Baseline | None
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # kind → total, dead, rare
+    baseline_values: list[float] = field(default_factory=list)  # each random set's coherence
 
     def of(self, kind: str) -> list[UnitMeasure]:
         return [u for u in self.units if u.kind == kind]
@@ -227,7 +228,8 @@ def compare_units(
     sampled = {kind: coherence_sample(sorted(units), kind, config) for kind, units in measured.items()}
     texts = {w.token_index: w.text for kind, ids in sampled.items() for i in ids for w in measured[kind][i]}
     coherence: dict[tuple[str, int], float] = {}
-    baseline = None
+    baseline: Baseline | None = None
+    baseline_values: list[float] = []
     if len(texts) >= config.top_k:
         embedder = embedder or sentence_embedder()
         order = sorted(texts)
@@ -237,10 +239,10 @@ def compare_units(
             for i in tqdm(ids, desc=f"coherence of {kind}s", disable=not config.progress):
                 rows = [row[w.token_index] for w in measured[kind][i]]
                 coherence[kind, i] = mean_pairwise_cosine(vectors[rows])
-        baseline = random_baseline(vectors, config)
+        baseline, baseline_values = random_baseline(vectors, config)
     units = [measure(kind, i, windows, coherence.get((kind, i))) for kind, by_id in measured.items()
              for i, windows in by_id.items()]  # fmt: skip
-    return Comparison(config, units, baseline, counts)
+    return Comparison(config, units, baseline, counts, baseline_values)
 
 
 def coherence_sample(ids: list[int], kind: str, config: CompareConfig) -> list[int]:
@@ -251,11 +253,13 @@ def coherence_sample(ids: list[int], kind: str, config: CompareConfig) -> list[i
     return sorted(random.Random(f"{config.seed}:{kind}").sample(ids, config.coherence_units))
 
 
-def random_baseline(vectors: torch.Tensor, config: CompareConfig) -> Baseline:
-    values = random_set_coherence(vectors, config.top_k, config.baseline_sets, config.seed)
-    return Baseline(size=config.top_k, draws=config.baseline_sets, pool=vectors.shape[0],
-                    mean=float(values.mean()), quantile=config.baseline_quantile,
-                    threshold=float(torch.quantile(values, config.baseline_quantile)))  # fmt: skip
+def random_baseline(vectors: torch.Tensor, config: CompareConfig) -> tuple[Baseline, list[float]]:
+    """The Baseline of random sets of `top_k` windows, and each set's coherence."""
+    values = random_set_coherence(vectors, config.top_k, config.baseline_sets, config.seed)  # [draws]
+    baseline = Baseline(size=config.top_k, draws=config.baseline_sets, pool=vectors.shape[0],
+                        mean=float(values.mean()), quantile=config.baseline_quantile,
+                        threshold=float(torch.quantile(values, config.baseline_quantile)))  # fmt: skip
+    return baseline, values.tolist()
 
 
 def measure(kind: str, id: int, windows: list[Window], coherence: float | None) -> UnitMeasure:
@@ -295,30 +299,31 @@ def cells(summary: dict[str, dict[str, Any]], key: str, spec: str) -> list[str]:
 
 
 def plot_comparison(comparison: Comparison, path: str | Path) -> Path:
-    """Three panels (concentration, entropy, coherence), latents and neurons overlaid as shares of units."""
+    """Three panels (concentration, entropy, coherence), latents and neurons overlaid as shares of units;
+    the coherence panel also shows the random window sets."""
     plt = pyplot()
-    cfg = comparison.config
+    k = comparison.config.top_k
     figure, axes = plt.subplots(1, 3, figsize=(14, 4.2))
     panels = [
-        ("concentration", f"token concentration (share of top {cfg.top_k} on one token)", (0.0, 1.0)),
-        ("entropy_bits", "token entropy of the top examples (bits)", (0.0, math.log2(cfg.top_k))),
-        ("coherence", "context coherence (mean pairwise MiniLM cosine)", (-0.1, 1.0)),
-    ]
+        ("concentration", f"token concentration (share of top {k} on one token)",
+         [(i - 0.5) / k for i in range(1, k + 2)]),  # one bin per possible share 1/k … 1
+        ("entropy_bits", f"token entropy of the top {k} (bits)", linear_bins(0.0, math.log2(k) + 1e-9, 30)),
+        ("coherence", "context coherence (mean pairwise MiniLM cosine)", coherence_bins(comparison)),
+    ]  # fmt: skip
     colours = {"latent": "#1f6fb4", "neuron": "#e07b28"}
-    for axis, (name, title, limits) in zip(axes, panels, strict=True):
-        bins = torch.linspace(limits[0], limits[1], 26, dtype=torch.float64).tolist()
+    for axis, (name, title, bins) in zip(axes, panels, strict=True):
         for kind in comparison.counts:
-            values = [min(max(getattr(u, name), limits[0]), limits[1])  # clipped into the axis
-                      for u in comparison.of(kind) if getattr(u, name) is not None]  # fmt: skip
+            values = [getattr(u, name) for u in comparison.of(kind) if getattr(u, name) is not None]
             if values:
                 axis.hist(values, bins=bins, weights=[1 / len(values)] * len(values), histtype="stepfilled",
                           alpha=0.45, color=colours[kind], edgecolor=colours[kind], linewidth=1.2,
                           label=f"{KIND_NAMES[kind]}: n={len(values)}, median {median(values):.2f}")  # fmt: skip
         if name == "coherence" and comparison.baseline is not None:
-            base = comparison.baseline
-            axis.axvline(base.mean, color="0.3", linestyle="--", label=f"random sets: mean {base.mean:.2f}")
-            axis.axvline(base.threshold, color="0.3", linestyle=":",
-                         label=f"random sets: p{base.quantile * 100:g} {base.threshold:.2f}")  # fmt: skip
+            base, draws = comparison.baseline, comparison.baseline_values
+            axis.hist(draws, bins=bins, weights=[1 / len(draws)] * len(draws), histtype="step", color="0.35",
+                      linewidth=1.2, label=f"random sets of {k} windows: mean {base.mean:.2f}")  # fmt: skip
+            axis.axvline(base.threshold, color="0.35", linestyle=":",
+                         label=f"random sets' p{base.quantile * 100:g}: {base.threshold:.2f}")  # fmt: skip
         axis.set_title(title, fontsize=10)
         axis.set_ylabel("share of units")
         axis.legend(fontsize=8, frameon=False)
@@ -326,3 +331,15 @@ def plot_comparison(comparison: Comparison, path: str | Path) -> Path:
     figure.suptitle("Features vs neurons of the same block", fontsize=12)
     figure.tight_layout()
     return save_figure(figure, path)
+
+
+def linear_bins(low: float, high: float, count: int) -> list[float]:
+    return torch.linspace(low, high, count + 1, dtype=torch.float64).tolist()
+
+
+def coherence_bins(comparison: Comparison) -> list[float]:
+    """40 bins over the measured coherences and the random sets, 5% margin each side."""
+    values = [u.coherence for u in comparison.units if u.coherence is not None] + comparison.baseline_values
+    low, high = (min(values), max(values)) if values else (0.0, 1.0)
+    margin = max(high - low, 1e-3) * 0.05
+    return linear_bins(low - margin, high + margin, 40)
