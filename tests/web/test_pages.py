@@ -167,12 +167,16 @@ def test_neuron_page_compares_with_the_latents_medians(site: tuple[str, Path]) -
 def test_api_is_the_store_as_json(site: tuple[str, Path]) -> None:
     url, db = site
     with FeatureStore(db) as store:
-        top, cofiring = store.examples(5, "top"), store.neighbours(5, "cofiring")
-    data = httpx.get(f"{url}/api/feature/5").json()
-    assert data["top"] == top
+        top, cofiring = store.examples(3, "top"), store.neighbours(3, "cofiring")
+        dead = next(row["id"] for row in store.units_page(limit=100) if row["count"] == 0)
+    data = httpx.get(f"{url}/api/feature/3").json()
+    assert data["top"] == top and all(n["value"] > 0 for n in cofiring)
     assert [(n["other"], n["value"]) for n in data["neighbours"]["cofiring"]] == [
         (n["other"], n["value"]) for n in cofiring
     ]
+    never = httpx.get(f"{url}/api/feature/{dead}").json()  # a latent that never fired co-fires with none
+    assert never["top"] == [] and never["neighbours"]["cofiring"] == []
+    assert "never fired with another latent" in httpx.get(f"{url}/feature/{dead}").text
     missing = httpx.get(f"{url}/api/feature/24")
     assert missing.status_code == 404 and "0 … 23" in missing.json()["error"]
 

@@ -190,7 +190,11 @@ def unit_page(store: FeatureStore, kind: str, id: int) -> dict[str, Any] | None:
             for via in ("norm", "direct")
         }
         page["neighbours"] = {
-            m: [{**n, "label": label_of(store, n["other"])} for n in store.neighbours(id, m)]
+            m: [
+                {**n, "label": label_of(store, n["other"])}
+                for n in store.neighbours(id, m)
+                if m == "cosine" or n["value"] > 0  # a Jaccard of 0 is no co-firing at all
+            ]
             for m in ("cosine", "cofiring")
         }
     return page
