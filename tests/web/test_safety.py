@@ -133,6 +133,15 @@ def test_a_form_from_another_site_cannot_relabel(live: tuple[str, Path, HookedMo
         assert store.unit(2)["label"] == "fine"  # type: ignore[index]
 
 
+def test_only_local_host_names_are_answered(live: tuple[str, Path, HookedModel, SAE]) -> None:
+    """A DNS name rebound to 127.0.0.1 arrives with its own name in Host: refused."""
+    url, port = live[0], urlsplit(live[0]).port
+    rebound = httpx.get(f"{url}/feature/3", headers={"Host": f"attacker.example:{port}"})
+    assert rebound.status_code == 400 and "127.0.0.1" in rebound.text and "attacker.example" in rebound.text
+    for name in (f"localhost:{port}", f"127.0.0.1:{port}", "localhost"):
+        assert httpx.get(f"{url}/feature/3", headers={"Host": name}).status_code == 200
+
+
 def test_a_bad_store_is_a_clear_error_before_the_server_starts(
     tmp_path: Path, live: tuple[str, Path, HookedModel, SAE]
 ) -> None:

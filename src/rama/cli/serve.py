@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from rama.cli.options import add_options, from_args, option
 from rama.errors import ConfigError
 
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
-
 
 @dataclass(frozen=True)
 class ServeOptions:
@@ -65,6 +63,7 @@ def run_serve(namespace: argparse.Namespace) -> int:
     from rama.hooks import load
     from rama.sae.base import SAE
     from rama.web import create_app
+    from rama.web.app import LOCAL_NAMES
 
     options = from_args(ServeOptions, namespace)
     sae = SAE.load(options.sae) if options.sae else None
@@ -76,9 +75,10 @@ def run_serve(namespace: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     model = load(model_name) if sae is not None and model_name else None
-    app = create_app(options.db, model=model, sae=sae)
+    local = options.host in LOCAL_NAMES
+    app = create_app(options.db, model=model, sae=sae, hosts=LOCAL_NAMES if local else None)
     listener = bind(options.host, options.port)
-    if options.host not in LOCAL_HOSTS:
+    if not local:
         print(f"rama serve: warning: listening on {options.host}, so anyone who can reach this machine can "
               "read the store and relabel its features; use --host 127.0.0.1 to keep it local", file=sys.stderr)  # fmt: skip
     port = listener.getsockname()[1]

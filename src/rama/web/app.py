@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -84,11 +84,19 @@ class Dashboard:
         return render.label_of(self.store, id)
 
 
+LOCAL_NAMES = ("127.0.0.1", "localhost", "::1")
+
+
 def create_app(
-    store_path: str | Path, model: HookedModel | None = None, sae: SAE | None = None, page_size: int = 100
+    store_path: str | Path,
+    model: HookedModel | None = None,
+    sae: SAE | None = None,
+    page_size: int = 100,
+    hosts: Sequence[str] | None = LOCAL_NAMES,
 ) -> FastAPI:
     """The dashboard for the feature store at `store_path`; `model` and `sae` enable /text and /steer;
-    the index shows `page_size` units a page."""
+    the index shows `page_size` units a page. Requests must name one of `hosts` in their Host header
+    (None: any), so a web page cannot reach a local dashboard through a DNS name rebound to 127.0.0.1."""
     board = Dashboard(store_path, model, sae, page_size)
     app = FastAPI(title="rama features", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.dashboard = board
@@ -97,7 +105,19 @@ def create_app(
     add_unit_routes(app, board)
     add_search_routes(app, board)
     add_live_routes(app, board)
+    if hosts is not None:
+        add_host_check(app, set(hosts))
     return app
+
+
+def add_host_check(app: FastAPI, hosts: set[str]) -> None:
+    @app.middleware("http")
+    async def check_host(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        name = urlsplit("//" + request.headers.get("host", "")).hostname or ""
+        if name not in hosts:
+            message = f"this dashboard answers to {', '.join(sorted(hosts))}, not {name or 'no host'!r}"
+            return PlainTextResponse(message, status_code=400)
+        return await call_next(request)
 
 
 def add_error_handlers(app: FastAPI, board: Dashboard) -> None:
