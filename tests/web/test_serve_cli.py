@@ -16,6 +16,8 @@ import pytest
 from web_helpers import shared_store
 
 from cli_helpers import rama_in_process
+from rama.cli.serve import bind
+from rama.errors import ConfigError
 
 
 def free_port() -> int:
@@ -71,3 +73,15 @@ def test_bad_store_and_taken_port_are_one_line_errors(
         taken.listen()
         result = rama_in_process("serve", str(db), "--port", str(taken.getsockname()[1]))
     assert result.returncode == 1 and "choose another --port" in result.stderr
+
+
+def test_the_listening_socket_sends_small_answers_at_once() -> None:
+    """TCP_NODELAY on the listener (accepted connections inherit it): without it a kept-alive client
+    waited 40 ms for every small answer (measured: 44 ms against 0.3 ms for a 1 KB response)."""
+    listener = bind("127.0.0.1", 0)
+    try:
+        assert listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        listener.close()
+    with pytest.raises(ConfigError, match="between 0 and 65535"):
+        bind("127.0.0.1", 70000)

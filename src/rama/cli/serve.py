@@ -46,6 +46,9 @@ def bind(host: str, port: int) -> socket.socket:
         raise ConfigError(f"--port must be between 0 and 65535, not {port}")
     listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Accepted connections inherit this; without it uvicorn, given a socket, answers small responses
+    # on a kept-alive connection 40 ms late (Nagle's algorithm against the client's delayed ACK).
+    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         listener.bind((host, port))
     except OSError as error:
