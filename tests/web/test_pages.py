@@ -79,6 +79,7 @@ def test_index_lists_sorts_filters_and_pages(site: tuple[str, Path]) -> None:
     assert "page 3 of 3" in last.text
     neurons = httpx.get(f"{url}/?kind=neuron&sort=max&order=asc")
     assert "64 neurons" in neurons.text and 'href="/neuron/' in neurons.text
+    assert httpx.get(f"{url}/?page=4").status_code == httpx.get(f"{url}/?page={10**30}").status_code == 404
     for bad in ("sort=nonsense", "order=up", "kind=head", "page=0", "page=two"):
         answer = httpx.get(f"{url}/?{bad}")
         assert answer.status_code == 400 and "Cannot do that" in answer.text, bad

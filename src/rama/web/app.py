@@ -31,7 +31,7 @@ from rama.features.store import SORTABLE, FeatureStore
 from rama.hooks.model import HookedModel
 from rama.sae.base import SAE
 from rama.web import render
-from rama.web.live import MAX_EDITS, Edit, LiveModel
+from rama.web.live import MAX_EDITS, MAX_TEXT_CHARS, Edit, LiveModel
 
 STATIC = Path(__file__).parent / "static"
 MAX_QUERY_CHARS = 200
@@ -173,11 +173,13 @@ def add_unit_routes(app: FastAPI, board: Dashboard) -> None:
                 400, f"sort by one of {', '.join(SORTABLE)}, order asc or desc, kind latent or neuron"
             )
         check_query("label filter", label)
+        size = board.page_size
         with board.reading() as store:
             total = store.count(kind, label)
-            size = board.page_size
+            pages = max(1, -(-total // size))
+            if page > pages:
+                raise PageError(404, f"there is no page {page}: the list has {pages} page(s)")
             rows = store.units_page(kind, sort, order == "desc", (page - 1) * size, size, label)
-        pages = max(1, -(-total // board.page_size))
         return board.page("index.html", rows=rows, total=total, kind=kind, sort=sort, order=order,
                           label=label, page=page, pages=pages)  # fmt: skip
 
@@ -267,6 +269,7 @@ def add_search_routes(app: FastAPI, board: Dashboard) -> None:
 def add_live_routes(app: FastAPI, board: Dashboard) -> None:
     @app.get("/text", response_class=HTMLResponse)
     def text(text: str = "") -> HTMLResponse:
+        check_query("text", text, MAX_TEXT_CHARS)
         if board.live is None or not text:
             return board.page("text.html", text=text, result=None, missing=board.missing, labels={})
         result = board.live.text_activations(text)
