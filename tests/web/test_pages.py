@@ -198,7 +198,8 @@ def test_search_by_id_label_and_promoted_token(copy: Path) -> None:
         by_token = httpx.get(f"{url}/search", params={"q": token["token"]}).text
         assert set(hits(by_token, "results-token")) >= promoters and 11 in promoters
         nothing = httpx.get(f"{url}/search", params={"q": "no such thing"}).text
-        assert "No label contains" in nothing and "No latent has id" in nothing
+        assert "No label contains" in nothing and "By id" not in nothing  # not a number: no id section
+        assert "this store has latents 0 … 23" in httpx.get(f"{url}/search", params={"q": "99"}).text
 
 
 def hits(html: str, table: str) -> list[int]:

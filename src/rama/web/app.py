@@ -254,7 +254,8 @@ def search_results(store: FeatureStore, query: str) -> dict[str, Any]:
                 by_token.append({**row, "token": token})
     found = {*by_id, *by_label, *seen}
     units = {id: store.unit(id) for id in found}
-    return {"by_id": by_id, "by_label": by_label, "by_token": by_token, "units": units}
+    numeric = text.isdecimal()
+    return {"numeric": numeric, "by_id": by_id, "by_label": by_label, "by_token": by_token, "units": units}
 
 
 def add_search_routes(app: FastAPI, board: Dashboard) -> None:
