@@ -74,7 +74,7 @@ def test_refusals(root: Path) -> None:
     )
     assert refused.returncode == 1 and "holds only label 1" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
-    rama_in_process(*train_args(root, "--out", str(root / "p2")))
+    rama_in_process(*train_args(root, "--kind", "lda", "--out", str(root / "p2")))
     build("llama", seed=3).save_pretrained(root / "model")  # the folder now holds other weights
     other_model = rama_in_process("probe", "eval", str(root / "p2"), "--data", str(root / "other.jsonl"))
     build("llama").save_pretrained(root / "model")

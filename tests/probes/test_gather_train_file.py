@@ -10,7 +10,7 @@ import pytest
 import torch
 from probe_helpers import control_words, word_statements
 
-from features.feature_helpers import tiny_model
+from features.feature_helpers import tiny_model, tiny_sae
 from rama.errors import InputError
 from rama.hooks.model import HookedModel
 from rama.probes import (
@@ -30,7 +30,7 @@ from rama.probes import (
 from rama.probes.training import fit_on, statement_probabilities
 
 SITE = "blocks.1.hook_resid_post"
-CONFIG = ProbeConfig(progress=False, control=40)
+CONFIG = ProbeConfig(kind="diffmean", progress=False, control=40)
 
 
 @pytest.fixture(scope="module")
@@ -129,3 +129,17 @@ def test_generalisation_matrix(model: HookedModel, tmp_path: Path) -> None:
     assert "| a | 1.000 | 0.000 |" in matrix.markdown()
     path = matrix.figure(tmp_path / "matrix.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_ksparse_reads_the_sae_latents(model: HookedModel, tmp_path: Path) -> None:
+    sae = tiny_sae()
+    dataset = word_statements(30)
+    config = ProbeConfig(kind="ksparse", k=4, progress=False, control=40)
+    trained = train_probe(model, dataset, "", control_words(), config, sae=sae)
+    assert trained.site == SITE and trained.probe.latents is not None and len(trained.probe.latents) == 4
+    gathered = gather(model, list(dataset.texts), [SITE])
+    with torch.no_grad():
+        codes = sae.encode(gathered.acts[SITE])  # [n, d_sae]
+    expected = trained.probe.probabilities(codes)  # the probe indexes its own latents
+    loaded = load_probe(save_probe(trained, tmp_path / "sparse"))
+    assert torch.allclose(score_dataset(loaded, model, dataset, sae=sae), expected, atol=1e-6)

@@ -19,29 +19,47 @@ from rama.atomic import write_text
 from rama.hooks.model import HookedModel
 from rama.probes.control import control_sentences
 from rama.probes.datasets import load_dataset
+from rama.probes.gather import Gathered, gather
 from rama.probes.generalisation import generalisation_matrix
 from rama.probes.knowledge import city_fact_accuracy
-from rama.probes.training import ProbeConfig, best_rows, sweep, train_probe
+from rama.probes.probe_metrics import alarm_threshold, label_auroc
+from rama.probes.splits import split_by_group
+from rama.probes.training import ProbeConfig, best_rows, evaluate, fit_on, layer_of, statement_probabilities
 
 LIMITS = {"cities": 200, "neg_cities": 200, "larger_than": 150, "smaller_than": 150, "comparisons": None,
           "instructed": 100, "roleplay": None, "sycophancy": None}  # fmt: skip
 SWEEP_KINDS = ["logistic", "diffmean", "lda", "lat", "ccs"]
 LAYERS = [0, 3, 6, 9, 12, 15, 18, 21, 24, 27, 29]
+SITES = [f"blocks.{layer}.hook_resid_post" for layer in LAYERS]
 
 
-def dataset_report(model: HookedModel, name: str, control: list[str], config: ProbeConfig) -> dict[str, Any]:
+def dataset_report(model: HookedModel, name: str, control: Gathered, config: ProbeConfig) -> dict[str, Any]:
+    """The layer sweep of one dataset (one model pass), and the control-set recall of its best logistic
+    and difference-of-means probes (the control activations gathered once for every dataset)."""
     dataset = load_dataset(name, limit=LIMITS[name], seed=config.seed)
-    sites = [f"blocks.{layer}.hook_resid_post" for layer in LAYERS]
-    rows = sweep(model, dataset, sites, SWEEP_KINDS, config)
+    split = split_by_group(dataset, config.seed, config.val_fraction, config.test_fraction)
+    gathered = gather(model, list(dataset.texts), SITES, config.token, config.batch_size, config.progress)
+    labels = torch.tensor(dataset.labels)
+    rows, probes = [], {}
+    for site in SITES:
+        for kind in SWEEP_KINDS:
+            probe = fit_on(kind, gathered, site, dataset, split.train, config)
+            probs = statement_probabilities(probe, gathered.acts[site], gathered.item, len(dataset))
+            probes[site, kind] = (probe, probs)
+            rows.append({"site": site, "layer": layer_of(site), "kind": kind,
+                         "val_auroc": label_auroc(probs[split.val], labels[split.val]),
+                         "test_auroc": label_auroc(probs[split.test], labels[split.test])})  # fmt: skip
     best = best_rows(rows)
     recall = {}
     for kind in ("logistic", "diffmean"):
-        chosen = ProbeConfig(**{**config.__dict__, "kind": kind})
-        trained = train_probe(model, dataset, best[kind]["site"], control, chosen)
-        recall[kind] = {
-            "site": trained.site,
-            **{k: v for k, v in trained.meta["test"].items() if k != "reliability"},
-        }
+        site = best[kind]["site"]
+        probe, probs = probes[site, kind]
+        control_p = statement_probabilities(
+            probe, control.acts[site], control.item, int(control.item.max()) + 1
+        )
+        threshold = alarm_threshold(1 - control_p, config.fpr)
+        test = evaluate(probs[split.test], labels[split.test], threshold, config.fpr)
+        recall[kind] = {"site": site, **{k: v for k, v in test.items() if k != "reliability"}}
     return {"dataset": dataset.summary(), "sweep": rows, "best": best, "at_control_threshold": recall}
 
 
@@ -56,10 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)  # a shared machine: one thread is faster than two contended ones
     model = rama.load("smollm2-135m")
     config = ProbeConfig(progress=False, control=500)
-    control = control_sentences(config.control, config.seed)
-    results: dict[str, Any] = {"model": "smollm2-135m", "layers": LAYERS, "limits": LIMITS, "datasets": {}}
+    control_texts = control_sentences(config.control, config.seed)
+    control = gather(model, control_texts, SITES, config.token, config.batch_size, config.progress)
     out = Path(args.out)
-    for name in args.datasets:
+    results: dict[str, Any] = {"model": "smollm2-135m", "layers": LAYERS, "limits": LIMITS, "datasets": {}}
+    if (out / "results.json").is_file():  # resume: datasets already measured are kept
+        results["datasets"] = json.loads((out / "results.json").read_text())["datasets"]
+    for name in [n for n in args.datasets if n not in results["datasets"]]:
         results["datasets"][name] = dataset_report(model, name, control, config)
         print(
             name,
