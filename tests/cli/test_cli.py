@@ -9,6 +9,7 @@ import pytest
 
 import rama
 from cli_helpers import rama_cli, rama_in_process
+from rama.features import FeatureStore
 
 
 def test_version_and_help_with_examples() -> None:
@@ -46,11 +47,19 @@ def test_bad_site_is_an_error_not_a_traceback(tmp_path: Path) -> None:
 def test_demo_writes_its_figure_and_summary(tmp_path: Path, smollm: object) -> None:
     result = rama_cli(
         "demo", "--batches", "1", "--batch-size", "2", "--out", str(tmp_path),
-        "--sae-tokens", "8192", "--sae-eval-tokens", "1024",
+        "--sae-tokens", "8192", "--sae-eval-tokens", "1024", "--features-tokens", "4096",
+        "--features-compared", "20",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert list(summary["steps"]) == ["completion", "residual", "previous-token", "induction", "sae"]
+    assert list(summary["steps"]) == [
+        "completion",
+        "residual",
+        "previous-token",
+        "induction",
+        "sae",
+        "features",
+    ]
     assert all(step["seconds"] > 0 for step in summary["steps"].values())
     assert summary["total_seconds"] >= sum(step["seconds"] for step in summary["steps"].values())
     assert " Berlin" in summary["completion"]["completion"] and summary["residual"]["tokens"] == 256
@@ -61,6 +70,14 @@ def test_demo_writes_its_figure_and_summary(tmp_path: Path, smollm: object) -> N
     assert summary["sae"]["metrics"]["l0"] == pytest.approx(16, abs=0.5)
     assert (tmp_path / "sae" / "sae_weights.safetensors").exists() and "latent" in result.stdout
     assert "time:" in result.stdout and "budget 300 s" in result.stdout
+    features = summary["features"]["summary"]
+    assert features["latent"]["total"] == 2048 and features["neuron"]["total"] == 1536
+    assert (
+        0 < features["latent"]["concentration_median"] <= 1 and features["latent"]["coherence_measured"] > 0
+    )
+    assert f"rama serve {tmp_path / 'features.db'}" in result.stdout
+    with FeatureStore(tmp_path / "features.db") as store:
+        assert store.meta["d_sae"] == 2048
 
 
 @pytest.mark.slow

@@ -46,6 +46,10 @@ class DemoConfig:
     sae_eval_tokens: int = option(
         4096, "held-out tokens for the demo SAE's metrics (CE loss needs full forward passes)"
     )
+    features_tokens: int = option(32_768, "tokens the demo's feature store is built over")
+    features_compared: int = option(
+        150, "latents and neurons (each) whose context coherence the demo measures with MiniLM"
+    )
 
 
 class DemoContext:
@@ -212,12 +216,58 @@ def draw_density(axis: Any, numbers: Numbers) -> None:
     )  # fmt: skip
 
 
+def demo_features(context: DemoContext) -> Numbers:
+    """A feature store for the demo's SAE (latents and the block's MLP neurons), the command that serves
+    it, and features against neurons: how concentrated and how coherent their top examples are."""
+    from rama.features import BuildConfig, build
+    from rama.features.monosemanticity import CompareConfig, compare_units, comparison_table
+    from rama.features.store import FeatureStore
+
+    config = context.config
+    if context.results.get("sae", {}).get("site") is None:
+        return {"skipped": "needs the sae step's SAE"}
+    out = context.out / "features.db"
+    build(context.out / "sae", context.model, corpus=config.corpus, out=out, replace=True,
+          config=BuildConfig(tokens=config.features_tokens, batch_size=config.batch_size,
+                             context_size=config.context_size))  # fmt: skip
+    compare = CompareConfig(top_k=10, coherence_units=config.features_compared, baseline_sets=500)
+    with FeatureStore(out) as store:
+        comparison = compare_units(store, config=compare)
+        meta = store.meta
+    print(f"feature store {out}: {meta['d_sae']} latents and {meta['n_neurons']} neurons over "
+          f"{meta['tokens']} tokens")  # fmt: skip
+    print(comparison_table(comparison))
+    print(f"browse it: rama serve {out}")
+    summary = comparison.summary()
+    return {
+        "store": str(out),
+        "serve": f"rama serve {out}",
+        "summary": summary,
+        "concentration": {kind: [u.concentration for u in comparison.of(kind)] for kind in summary},
+    }
+
+
+def draw_concentration(axis: Any, numbers: Numbers) -> None:
+    if "concentration" not in numbers:
+        axis.set_axis_off()
+        return
+    colours = {"latent": "tab:blue", "neuron": "tab:orange"}
+    bins = [i / 20 for i in range(21)]
+    for kind, values in numbers["concentration"].items():
+        median = numbers["summary"][kind].get("concentration_median", float("nan"))
+        axis.hist(values, bins=bins, weights=[1 / len(values)] * len(values), alpha=0.5, color=colours[kind],
+                  label=f"{kind}s: median {median:.2f}")  # fmt: skip
+    axis.set(xlabel="share of a unit's top 10 examples on its most frequent token", ylabel="share of units")
+    axis.legend(fontsize=9, frameon=False)
+
+
 STEPS: tuple[DemoStep, ...] = (
     DemoStep("completion", "Greedy completion", complete),
     DemoStep("residual", "Residual stream norm by layer", residual_norms, draw_norms),
     DemoStep("previous-token", "Previous-token score per head", previous_token_heads, draw_heads),
     DemoStep("induction", "Induction score per head", induction_heads, draw_heads),
     DemoStep("sae", "TopK SAE: latent firing rates", demo_sae, draw_density),
+    DemoStep("features", "Features vs neurons: token concentration", demo_features, draw_concentration),
 )
 
 
