@@ -89,3 +89,16 @@ def test_bad_training_data() -> None:
         fit_probe("ccs", x, y, groups, ([], []))
     with pytest.raises(InputError, match="not one of"):
         fit_probe("svm", x, y, groups, ([], []))
+
+
+@pytest.mark.parametrize("kind", ["diffmean", "lat"])
+def test_a_separable_training_set_keeps_its_ranking(kind: str) -> None:
+    """Far-apart classes: the calibration slope stays finite and p is never rounded to exactly 0 or 1,
+    so held-out items keep their order (ties at 1.0 would pull the AUROC towards 0.5)."""
+    x, y, groups, _ = planted(40, seed=0)
+    pairs = (list(range(0, 80, 2)), list(range(1, 80, 2)))
+    probe = fit_probe(kind, 100 * x, y, groups, pairs)
+    test_x, test_y, _, _ = planted(40, seed=1)
+    probs = probe.probabilities(100 * test_x)
+    assert probs.unique().numel() == probs.numel() and float(probs.min()) > 0 and float(probs.max()) < 1
+    assert label_auroc(probs, test_y) > 0.99

@@ -15,7 +15,9 @@ p = sigmoid(w · (x − mean) / scale + b), so every probe scores, saves and loa
 
 Kinds that give a direction only (diffmean, lda, lat, ccs) are oriented so that true statements score
 higher (CCS and LAT are sign-blind) and calibrated with a one-dimensional logistic fit of the projection
-on the training labels (Platt scaling): the direction is what the kind found, the scale and bias are fitted.
+on the training labels (Platt scaling, L2 with C = 1 on the projection scaled to unit spread, so a
+separable training set keeps a finite slope): the direction is what the kind found, the scale and bias
+are fitted.
 """
 
 from __future__ import annotations
@@ -57,7 +59,9 @@ class LinearProbe:
         return ((x.float() - self.mean) / self.scale) @ self.direction + self.bias
 
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.logits(x))
+        """`[n]` p in float64: float32 rounds p to exactly 1 beyond a logit of ~17, which would tie
+        confident items and flatten an AUROC."""
+        return torch.sigmoid(self.logits(x).double())
 
 
 def check_training_data(x: torch.Tensor, y: torch.Tensor) -> None:
@@ -121,8 +125,10 @@ def platt(
     projection = centred @ direction
     if projection[y == 1].mean() < projection[y == 0].mean():
         direction, projection = -direction, -projection
-    fit = LogisticRegression(C=1e6, max_iter=1000).fit(_numpy(projection)[:, None], _numpy(y).astype(int))
-    slope = float(fit.coef_[0, 0])
+    spread = float(projection.std().clamp_min(1e-12))  # fit on a unit-spread projection: C=1 then keeps a
+    fit = LogisticRegression(C=1.0, max_iter=1000)  # separable training set from an unbounded slope
+    fit.fit(_numpy(projection / spread)[:, None], _numpy(y).astype(int))
+    slope = float(fit.coef_[0, 0]) / spread
     return LinearProbe(kind, direction * slope, float(fit.intercept_[0]), mean, torch.ones_like(mean))
 
 
