@@ -62,6 +62,8 @@ def test_histogram_geometry_by_hand() -> None:
     assert (shape["low"], shape["high"], shape["top"]) == (1.0, 1000.0, 4)
     assert shape["ticks"] == [(0.0, 1.0), (100.0, 10.0), (200.0, 100.0), (300, 1000.0)]  # ends and decades
     assert histogram([0, 0], [1.0])["bars"] == []
+    crowded = histogram([3, 1, 0, 1], [0.001, 0.01, 0.1], width=90)  # bars of 22.5 px: 0.001 too near 0
+    assert crowded["ticks"] == [(0.0, 0.0), (45.0, 0.01), (90.0, 0.1)]
 
 
 def test_index_lists_sorts_filters_and_pages(site: tuple[str, Path]) -> None:

@@ -144,8 +144,13 @@ def histogram(counts: list[int], edges: list[float], width: int = 560, height: i
 
 
 def ticks(bars: list[Bar], width: float) -> list[tuple[float, float]]:
-    """(x, activation) axis ticks: both ends and every bar edge at a power of ten between them."""
-    inner = [(bar.x, bar.low) for bar in bars[1:] if bar.low > 0 and is_decade(bar.low)]
+    """(x, activation) axis ticks: both ends and every bar edge at a power of ten between them that
+    is at least 40 px from either end."""
+    inner = [
+        (bar.x, bar.low)
+        for bar in bars[1:]
+        if bar.low > 0 and is_decade(bar.low) and 40 <= bar.x <= width - 40  # labels must not overlap
+    ]
     end = bars[-1].high if math.isfinite(bars[-1].high) else bars[-1].low
     return [(0.0, bars[0].low), *inner, (float(width), end)]
 
