@@ -223,7 +223,7 @@ def test_sae_folder_and_bad_fit(model: HookedModel, tmp_path: Path) -> None:
     sae.save(tmp_path / "sae")
     out = build(tmp_path / "sae", model, tokens=token_rows(rows=5), out=tmp_path / "f.db", config=CONFIG)
     with FeatureStore(out, sae=SAE.load(tmp_path / "sae")) as db:
-        assert db.meta["d_sae"] == 24
+        assert db.meta["d_sae"] == 24 and db.meta["sae_path"] == str((tmp_path / "sae").resolve())
     wrong = tiny_sae(site="blocks.1.attn.hook_z")
     with pytest.raises(RamaError, match="width"):
         build(wrong, model, tokens=token_rows(rows=5), out=tmp_path / "g.db", config=CONFIG)

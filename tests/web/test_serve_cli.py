@@ -13,11 +13,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from web_helpers import shared_store
+from web_helpers import CONFIG, corpus_rows, shared_store, web_model, web_sae
 
 from cli_helpers import rama_in_process
-from rama.cli.serve import bind
+from rama.cli.serve import bind, built_from
 from rama.errors import ConfigError
+from rama.features import FeatureStore, build
 
 
 def free_port() -> int:
@@ -85,3 +86,12 @@ def test_the_listening_socket_sends_small_answers_at_once() -> None:
         listener.close()
     with pytest.raises(ConfigError, match="between 0 and 65535"):
         bind("127.0.0.1", 70000)
+
+
+def test_serve_finds_the_sae_folder_the_store_was_built_from(tmp_path: Path) -> None:
+    sae = web_sae()
+    sae.save(tmp_path / "sae")
+    db = build(tmp_path / "sae", web_model(), tokens=corpus_rows()[:4], out=tmp_path / "f.db", config=CONFIG)
+    with FeatureStore(db) as store:
+        assert built_from(store.meta["sae_path"]) == str((tmp_path / "sae").resolve())
+    assert built_from(str(tmp_path / "gone")) is None and built_from(None) is None

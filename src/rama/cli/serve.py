@@ -11,6 +11,7 @@ import argparse
 import socket
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from rama.cli.options import add_options, from_args, option
 from rama.errors import ConfigError
@@ -23,7 +24,9 @@ class ServeOptions:
     db: str = option("", "the feature store (from `rama features build`)", positional=True)
     model: str | None = option(None, "model for /text and /steer (default: the store's model_name)")
     sae: str | None = option(
-        None, "the store's SAE folder: enables /text and /steer, checked against the store"
+        None,
+        "the store's SAE folder: enables /text and /steer, checked against the store (default: the folder "
+        "the store was built from, if it is still there)",
     )
     host: str = option("127.0.0.1", "address to listen on (0.0.0.0 exposes the dashboard to the network)")
     port: int = option(8000, "port to listen on")
@@ -59,6 +62,11 @@ def bind(host: str, port: int) -> socket.socket:
     return listener
 
 
+def built_from(path: str | None) -> str | None:
+    """The SAE folder a store names, if it still holds an SAE."""
+    return path if path and (Path(path) / "cfg.json").is_file() else None
+
+
 def run_serve(namespace: argparse.Namespace) -> int:
     import uvicorn
 
@@ -69,9 +77,14 @@ def run_serve(namespace: argparse.Namespace) -> int:
     from rama.web.app import LOCAL_NAMES
 
     options = from_args(ServeOptions, namespace)
-    sae = SAE.load(options.sae) if options.sae else None
-    with FeatureStore(options.db, sae=sae) as store:  # a bad or mismatched store fails here, quickly
+    with FeatureStore(options.db) as store:  # a bad store fails here, quickly
         model_name = options.model or store.meta.get("model_name")
+        sae_dir = options.sae or built_from(store.meta.get("sae_path"))
+    sae = SAE.load(sae_dir) if sae_dir else None
+    if sae is not None:
+        FeatureStore(options.db, sae=sae).close()  # another SAE's store is refused
+    else:
+        print("rama serve: no SAE folder (--sae), so /text and /steer are off", file=sys.stderr)
     if options.model and sae is None:
         print(
             "rama serve: --model is used only with --sae (the text and steering pages need both)",

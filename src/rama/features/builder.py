@@ -40,6 +40,7 @@ def build(
     (default: the model the SAE names) and write the feature store `out`."""
     config = config or BuildConfig()
     check_target(out, replace)  # before the pass, not after it
+    sae_path = None if isinstance(sae, SAE) else str(Path(sae).resolve())
     sae = sae if isinstance(sae, SAE) else SAE.load(sae)
     if model is None and not sae.cfg.model_name:
         raise ConfigError("the SAE names no model; pass model= (--model)")
@@ -50,7 +51,7 @@ def build(
     source = (
         "given tokens" if tokens is not None and not isinstance(tokens, int) else str(corpus or "built-in")
     )
-    write_store(out, analysis, model, config, source, replace)
+    write_store(out, analysis, model, config, source, replace, sae_path)
     return Path(out)
 
 
@@ -78,13 +79,15 @@ def write_store(
     config: BuildConfig,
     source: str,
     replace: bool,
+    sae_path: str | None = None,
 ) -> None:
-    """Every table of the store from a finished analysis."""
+    """Every table of the store from a finished analysis; `sae_path`, the SAE's folder when it was
+    loaded from one, is recorded so `rama serve` can find the SAE again."""
     sae = analysis.sae
     latents = moved(analysis.latents, "cpu")
     neurons = None if analysis.neurons is None else moved(analysis.neurons, "cpu")
     with creating(out, replace) as connection:
-        write_meta(connection, store_meta(analysis, model, config, source))
+        write_meta(connection, {**store_meta(analysis, model, config, source), "sae_path": sae_path})
         decode = TokenText(model.tokenizer)
         for kind, stats in (("latent", latents), ("neuron", neurons)):
             if stats is not None:
