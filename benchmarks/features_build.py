@@ -4,7 +4,7 @@ store of ≥ 16,000 latents, and the store's size per latent.
 
     python benchmarks/features_build.py --sae /work/artifacts/sae-l9-4608 [--tokens 32768] [--repeats 2]
         [--memory-tokens 65536 262144] [--page-latents 16384] [--page-tokens 32768] [--requests 200]
-        [--saedash-python /work/venvs/saedash/bin/python] [--saedash-tokens 8192]
+        [--saedash-python /work/venvs/saedash/bin/python]
         [--skip speed memory saedash pages]
 
 Speed: the same tokens (the built-in corpus, 8 × 128 per batch) go through (a) the model to the SAE's site
@@ -14,7 +14,7 @@ in a fresh process per token count, peak resident memory from the kernel. Pages:
 trained briefly on the page tokens' activations (so that most latents fire and pages hold their full example
 rows), a store built from it, served by uvicorn in a child process, `--requests` GETs of `/feature/{id}` for
 ids drawn uniformly among the latents that fired. SAEDashboard: its runner (every latent in one feature batch)
-in another venv (`features_build_saedash.py`) on the first `--saedash-tokens` of the same rows.
+in another venv (`features_build_saedash.py`) on the same `--tokens` rows.
 """
 
 from __future__ import annotations
@@ -63,7 +63,6 @@ class Options:
     page_tokens: int = 32_768
     requests: int = 200
     saedash_python: str = "/work/venvs/saedash/bin/python"
-    saedash_tokens: int = 8_192  # the first rows of the same stream: its runner is far slower on a CPU
     skip: tuple[str, ...] = ()
     results: str = "benchmarks/results/features_build.json"
 
