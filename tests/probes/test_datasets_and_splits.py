@@ -82,3 +82,12 @@ def test_split_refusals() -> None:
     leak = _dataset([1, 0, 1, 0], ["a", "a", "b", "b"], ["train", "test", "train", "test"])
     with pytest.raises(InputError, match="group 'a' is in both train and test"):
         split_by_group(leak)
+
+
+@pytest.mark.parametrize("name", ["roleplay", "sycophancy", "comparisons"])
+def test_small_sets_split_by_rank_when_the_hash_leaves_a_side_short(name: str) -> None:
+    dataset = load_dataset(name)
+    for seed in range(4):
+        split = split_by_group(dataset, seed=seed)
+        counts = [len({dataset.groups[i] for i in part}) for part in (split.train, split.val, split.test)]
+        assert min(counts) >= 2 and sum(counts) == len(set(dataset.groups))

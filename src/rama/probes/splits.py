@@ -44,14 +44,30 @@ def split_by_group(
         sides = list(dataset.splits)
         check_no_leak(dataset, sides)
     else:
-        cut_val, cut_test = 1 - val_fraction - test_fraction, 1 - test_fraction
-        positions = {g: group_position(g, seed) for g in set(dataset.groups)}
-        sides = ["train" if positions[g] < cut_val else "val" if positions[g] < cut_test else "test"
-                 for g in dataset.groups]  # fmt: skip
+        sides = hashed_sides(dataset.groups, seed, val_fraction, test_fraction)
     split = Split(*([i for i, s in enumerate(sides) if s == side] for side in ("train", "val", "test")))
     for side in ("train", "val", "test") if val_fraction > 0 or dataset.splits else ("train", "test"):
         check_side(dataset, getattr(split, side), side)
     return split
+
+
+def hashed_sides(groups: tuple[str, ...], seed: int, val_fraction: float, test_fraction: float) -> list[str]:
+    """Each group's side by its seeded position against the fractions; when that leaves a side of a small
+    dataset with fewer than MIN_GROUPS groups, the groups are cut by rank of position instead (so the
+    sides hold the fractions' counts; a dataset that small loses the cross-dataset agreement)."""
+    unique = sorted(set(groups), key=lambda g: group_position(g, seed))
+    cut_val, cut_test = 1 - val_fraction - test_fraction, 1 - test_fraction
+    side = {g: "train" if group_position(g, seed) < cut_val else "val" if group_position(g, seed) < cut_test
+            else "test" for g in unique}  # fmt: skip
+    wanted = [s for s, f in (("val", val_fraction), ("test", test_fraction)) if f > 0]
+    if any(sum(v == s for v in side.values()) < MIN_GROUPS for s in wanted):
+        n_val, n_test = round(val_fraction * len(unique)), round(test_fraction * len(unique))
+        n_train = len(unique) - n_val - n_test
+        side = {
+            g: "train" if i < n_train else "val" if i < n_train + n_val else "test"
+            for i, g in enumerate(unique)
+        }
+    return [side[g] for g in groups]
 
 
 def check_no_leak(dataset: ProbeDataset, sides: list[str]) -> None:
