@@ -13,6 +13,7 @@ import pytest
 import torch
 from web_helpers import SITE, elements, served, shared_store
 
+from rama.features import FeatureStore
 from rama.hooks.model import HookedModel
 from rama.interventions import set_features
 from rama.sae import SAE
@@ -38,13 +39,16 @@ def direct_codes(model: HookedModel, sae: SAE, text: str) -> torch.Tensor:
 
 
 def test_text_page_shows_each_tokens_latents(live: tuple[str, Path, HookedModel, SAE]) -> None:
-    url, _, model, sae = live
+    url, db, model, sae = live
     codes = direct_codes(model, sae, TEXT)
     html = httpx.get(f"{url}/text", params={"text": TEXT}).text
     clickable = elements(html, "a", "tok")
     assert [a["text"] for a in clickable] == ["<s>", *TEXT.split()] and clickable[3]["href"] == "#token-3"
     peaks = codes.max(0).values
-    expected = [int(i) for i in peaks.argsort(descending=True)[:8] if peaks[i] > 0]
+    with FeatureStore(db) as store:  # ranked by the peak here over the latent's max in the store
+        store_max = torch.tensor([store.unit(i)["max"] for i in range(sae.cfg.d_sae)])  # type: ignore[index]
+    relative = peaks / torch.maximum(store_max, peaks).clamp_min(1e-12)
+    expected = [int(i) for i in relative.argsort(descending=True, stable=True)[:8] if peaks[i] > 0]
     rows = elements(html.replace("<tr data-latent", '<tr class="row" data-latent'), "tr", "row")
     assert [int(r["data-latent"]) for r in rows] == expected
     shaded = elements(html, "table", "text-latents")[0]

@@ -251,6 +251,10 @@ class FeatureStore:
 
     def count(self, kind: str = "latent", label_contains: str = "") -> int:
         """How many units of `kind` (whose label contains `label_contains`, case-insensitive)."""
+        if not label_contains:  # the primary key answers this without reading any row
+            return int(
+                self.connection.execute("SELECT COUNT(*) FROM units WHERE kind = ?", (kind,)).fetchone()[0]
+            )
         query = "SELECT COUNT(*) FROM units WHERE kind = ? AND label LIKE ? ESCAPE '\\'"
         return int(self.connection.execute(query, (kind, like_pattern(label_contains))).fetchone()[0])
 

@@ -64,6 +64,7 @@ class Dashboard:
         self.links = render.Links()
         self.live = LiveModel(model, sae) if model is not None and sae is not None else None
         self.medians = {kind: render.medians(self.store, kind) for kind in render.ROUTE_OF}
+        self.latent_max = render.latent_maxima(self.store)  # [d_sae], ranks /text's latents
         self.missing = (
             None
             if self.live
@@ -157,7 +158,7 @@ def unit_or_404(board: Dashboard, route: str, text: str) -> dict[str, Any]:
     id = parse_id(text, route)
     with board.reading() as store:
         page = render.unit_page(store, kind, id)
-        count = store.count(kind)
+        count = store.count(kind) if page is None else 0  # counted only for the 404's message
     if page is None:
         raise PageError(404, f"there is no {route} {id}: this store has {route}s 0 … {count - 1}")
     return page
@@ -273,7 +274,7 @@ def add_live_routes(app: FastAPI, board: Dashboard) -> None:
         check_query("text", text, MAX_TEXT_CHARS)
         if board.live is None or not text:
             return board.page("text.html", text=text, result=None, missing=board.missing, labels={})
-        result = board.live.text_activations(text)
+        result = board.live.text_activations(text, scale=board.latent_max)
         with board.reading():
             labels = {row["id"]: board.label(row["id"]) for row in result["latents"]}
             maxima = {

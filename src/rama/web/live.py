@@ -61,16 +61,19 @@ class LiveModel:
         keep = keep_mask(tokens, self.model.tokenizer, True)[0].to(codes.device)
         return strings, (codes * keep[:, None]).cpu()
 
-    def text_activations(self, text: str, top: int = 8, per_token: int = 5) -> dict[str, Any]:
-        """The `top` latents by largest activation over the text (each with its activation on every
-        token), and for every token its `per_token` strongest latents."""
+    def text_activations(
+        self, text: str, top: int = 8, per_token: int = 5, scale: torch.Tensor | None = None
+    ) -> dict[str, Any]:
+        """The `top` latents over the text (each with its activation on every token), and for every
+        token its `per_token` strongest latents. Latents are ranked by their peak here over `scale`
+        (`[d_sae]`, each latent's max in the store; a peak above it counts as 1), so the few latents of
+        large magnitude that fire on every " the" do not hide the specific ones; no scale: by peak."""
         strings, codes = self.codes(text)
         peaks = codes.max(0).values  # [d_sae]
-        best = peaks.topk(min(top, peaks.numel()))
+        rank = peaks if scale is None else peaks / torch.maximum(scale.to(peaks), peaks).clamp_min(1e-12)
+        best = rank.argsort(descending=True, stable=True)[:top].tolist()  # ties: lower id first
         latents = [
-            {"id": int(i), "max": float(v), "acts": codes[:, i].tolist()}
-            for v, i in zip(best.values.tolist(), best.indices.tolist(), strict=True)
-            if v > 0
+            {"id": int(i), "max": float(peaks[i]), "acts": codes[:, i].tolist()} for i in best if peaks[i] > 0
         ]
         strongest = codes.topk(min(per_token, codes.shape[1]), dim=1)  # [pos, per_token]
         by_token = [

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import jinja2
+import torch
 from markupsafe import Markup, escape
 
 from rama.features.store import FeatureStore
@@ -214,3 +215,11 @@ def api_unit(page: dict[str, Any]) -> dict[str, Any]:
     """The JSON form of a unit page: the store's rows as they are, no rendering geometry."""
     keep = ("kind", "id", "unit", "top", "quantiles", "logits", "neighbours", "explanations")
     return {key: page[key] for key in keep}
+
+
+def latent_maxima(store: FeatureStore) -> torch.Tensor:
+    """`[d_sae]` every latent's largest activation in the store (0 for one that never fired)."""
+    maxima = torch.zeros(int(store.meta["d_sae"]))
+    for row in store.units_page("latent", limit=-1):  # SQLite: LIMIT -1 is no limit
+        maxima[row["id"]] = row["max"]
+    return maxima
