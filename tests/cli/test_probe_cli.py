@@ -52,7 +52,9 @@ def test_train_then_eval(root: Path) -> None:
     metrics = json.loads(held_out.stdout)
     assert {"auroc", "accuracy", "recall_at_1pct_fpr", "ece"} <= set(metrics)
     assert metrics["held_out_split"] and metrics["items"] == record["test"]["items"]  # only the test groups
-    assert metrics["auroc"] == record["test"]["auroc"] and metrics["ece"] == record["test"]["ece"]
+    # the same probe on the same statements (batched differently: activations agree to float32 rounding)
+    assert metrics["auroc"] == record["test"]["auroc"]
+    assert metrics["ece"] == pytest.approx(record["test"]["ece"], abs=1e-6)
     other = rama_in_process("probe", "eval", str(root / "probe"), "--data", str(root / "other.jsonl"))
     assert other.returncode == 0, other.stderr
     assert "on other" in other.stdout and "recall at 1% fpr" in other.stdout and "items" not in other.stdout
