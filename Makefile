@@ -41,11 +41,13 @@ setup: $(STAMP) browser
 demo: $(STAMP)
 	$(BIN)/rama demo
 
+# The suite runs in two worker processes (pytest-xdist), one test file per worker at a time, one torch thread
+# each (tests/conftest.py): on two cores that is what keeps it well under its 12-minute budget.
 test: $(STAMP) browser
 	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/ruff format --check src tests benchmarks examples
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 	$(BIN)/mkdocs build --strict --quiet
 
 lint: $(STAMP)
