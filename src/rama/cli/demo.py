@@ -252,7 +252,7 @@ def draw_concentration(axis: Any, numbers: Numbers) -> None:
         axis.set_axis_off()
         return
     colours = {"latent": "tab:blue", "neuron": "tab:orange"}
-    bins = [i / 20 for i in range(21)]
+    bins = [(i - 0.5) / 10 for i in range(1, 12)]  # one bin per possible share 1/10 … 1 of the top 10
     for kind, values in numbers["concentration"].items():
         median = numbers["summary"][kind].get("concentration_median", float("nan"))
         axis.hist(values, bins=bins, weights=[1 / len(values)] * len(values), alpha=0.5, color=colours[kind],
