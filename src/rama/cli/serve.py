@@ -1,8 +1,8 @@
 """`rama serve DB`: the feature dashboard for a feature store, on 127.0.0.1 unless told otherwise.
 
-The store is checked (and, with `--sae`, matched to the SAE) before anything slow is loaded; the model
-is loaded once, only with `--sae` (the pages that run text need both), from `--model` or the store's
-`model_name`. The port is bound before the server starts, so a taken port is a one-line error.
+The store is checked, and matched to its SAE (`--sae`, or the folder the store was built from), before
+anything slow is loaded; the model is loaded once, only when there is an SAE (the pages that run text need
+both), from `--model` or the store's `model_name`. The port is bound before the server starts, so a taken port is a one-line error.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "serve",
         help="browse a feature store in a local web dashboard",
-        epilog="example: rama serve l9.db --sae sae-l9   (then open http://127.0.0.1:8000/)",
+        epilog="example: rama serve l9.db   (then open http://127.0.0.1:8000/)",
     )
     add_options(parser, ServeOptions)
     parser.set_defaults(handler=run_serve)
