@@ -4,7 +4,7 @@ function-local) goes down the layers, no two modules import each other in a circ
 
 Layers, bottom to top (a module may import its own layer and the ones below):
   errors, paths, atomic, locking, metrics, plotting  <  data  <  models  <  hooks (and the `rama`
-  facade)  <  activations  <  sae  <  features  <  interventions, circuits, probes  <  toys
+  facade)  <  activations  <  sae  <  features  <  interventions, circuits, probes  <  monitor  <  toys
   <  web, cli (and `python -m rama`)
 """
 
@@ -26,6 +26,7 @@ LAYERS: list[set[str]] = [
     {"sae"},
     {"features"},
     {"interventions", "circuits", "probes"},
+    {"monitor"},
     {"toys"},
     {"web", "cli", "__main__"},
 ]

@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Sequence
 
 from rama import __version__
-from rama.cli import demo, features, inspect, probe, sae, serve, steer, toys
+from rama.cli import circuits, demo, features, inspect, monitor, probe, sae, serve, steer, toys
 from rama.errors import RamaError
 
 BUG_REPORT = (
@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     features.register(subparsers)
     serve.register(subparsers)
     probe.register(subparsers)
+    monitor.register(subparsers)
+    circuits.register(subparsers)
     finish_parsers(parser)
     return parser
 

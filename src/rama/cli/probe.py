@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from rama.cli import probe_capability
 from rama.cli.options import add_options, from_args, option
 from rama.errors import ConfigError
 
@@ -56,6 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate = commands.add_parser("eval", help="a saved probe's metrics on a dataset", epilog=EVAL_EXAMPLE)
     add_options(evaluate, EvalOptions)
     evaluate.set_defaults(handler=run_eval)
+    probe_capability.register(commands)
 
 
 def run_train(args: argparse.Namespace) -> int:
