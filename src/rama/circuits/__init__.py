@@ -1,17 +1,53 @@
-"""Circuits: head roles and (later) circuit discovery, built on hooks."""
+"""Circuits: head roles, weight-based circuits and (later) circuit discovery, built on hooks."""
 
 from rama.circuits.head_scores import (
+    HeadTable,
     attention_between,
+    duplicate_token_score,
+    head_table,
     induction_score,
     induction_scores,
+    pattern_head_scores,
     previous_token_score,
     previous_token_scores,
+    save_head_heatmaps,
+)
+from rama.circuits.weight_circuits import (
+    FactoredMatrix,
+    composition_score,
+    copying_score,
+    copying_scores,
+    direct_path,
+    full_ov_circuit,
+    full_qk_circuit,
+    head_compositions,
+    model_copying_scores,
+    ov_circuit,
+    qk_circuit,
+    strongest_compositions,
 )
 
 __all__ = [
+    "FactoredMatrix",
+    "HeadTable",
     "attention_between",
+    "composition_score",
+    "copying_score",
+    "copying_scores",
+    "direct_path",
+    "duplicate_token_score",
+    "full_ov_circuit",
+    "full_qk_circuit",
+    "head_compositions",
+    "head_table",
     "induction_score",
     "induction_scores",
+    "model_copying_scores",
+    "ov_circuit",
+    "pattern_head_scores",
     "previous_token_score",
     "previous_token_scores",
+    "qk_circuit",
+    "save_head_heatmaps",
+    "strongest_compositions",
 ]

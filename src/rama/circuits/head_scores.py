@@ -9,11 +9,16 @@ hooks that reduce on the fly, so no pattern is cached.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from rama.circuits.weight_circuits import model_copying_scores
+from rama.errors import ConfigError
 from rama.hooks.core import HookPoint
 from rama.hooks.model import HookedModel
+from rama.plotting import pyplot, save_figure
 
 PATTERN_SITES = "blocks.*.attn.hook_pattern"
 
@@ -46,6 +51,15 @@ def induction_score(pattern: torch.Tensor, tokens: torch.Tensor, queries: torch.
     targets = torch.zeros(tokens.shape[0], tokens.shape[1], tokens.shape[1], dtype=torch.bool)
     targets[:, 1:, 1:] = matches & causal  # [batch, q, k]
     mass = (pattern * targets[:, None]).sum(-1)  # [*lead, batch, head, q]
+    return _masked_query_mean(mass, queries)
+
+
+def duplicate_token_score(pattern: torch.Tensor, tokens: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+    """`[*lead, head]`: over the query positions set in `queries [batch, q]`, the attention mass on
+    earlier keys k < q holding the same token as the query (where a duplicate-token head looks)."""
+    same = tokens[:, :, None] == tokens[:, None, :]  # [batch, q, k]
+    earlier = torch.ones(tokens.shape[1], tokens.shape[1], dtype=torch.bool).tril(diagonal=-1)
+    mass = (pattern * (same & earlier)[:, None]).sum(-1)  # [*lead, batch, head, q]
     return _masked_query_mean(mass, queries)
 
 
@@ -101,3 +115,98 @@ def induction_scores(model: HookedModel, batch: int = 4, half: int = 50, seed: i
     with torch.no_grad(), model.hooks([(PATTERN_SITES, score)]):
         model(tokens)
     return scores
+
+
+PATTERN_HEAD_SCORES = ("previous_token", "duplicate_token", "induction")
+
+
+@dataclass(frozen=True)
+class HeadTable:
+    """Scores per head, each `[layer, head]`: `previous_token`, `duplicate_token`, `induction` (from
+    attention on repeated random tokens) and `copying` (from the weights; absent without an LM head)."""
+
+    scores: dict[str, torch.Tensor]
+
+    def to_json(self, digits: int = 4) -> dict[str, list[list[float]]]:
+        """One key per score holding a `[layer][head]` list."""
+        return {
+            name: [[round(v, digits) for v in row] for row in s.tolist()] for name, s in self.scores.items()
+        }
+
+    def top(self, name: str, k: int = 5) -> list[tuple[int, int, float]]:
+        """The `k` highest-scoring heads for `name`, as `(layer, head, score)`, highest first."""
+        table = self.scores[name]
+        values, flat = table.flatten().topk(min(k, table.numel()))
+        n_heads = table.shape[1]
+        return [(i // n_heads, i % n_heads, v) for v, i in zip(values.tolist(), flat.tolist(), strict=True)]
+
+
+def pattern_head_scores(
+    model: HookedModel, batch: int = 8, half: int = 50, seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """`{score: [layer, head]}` for the pattern-based scores, from one forward pass over `batch`
+    sequences `BOS, A, A` (A: `half` random tokens). Previous-token: attention to q − 1 from q >= 2
+    (position 1's previous token is BOS, where many heads park attention); duplicate-token and
+    induction: from the second copy of A, to the earlier same token / the token after it."""
+    length = 1 + 2 * half
+    if half < 2 or batch < 1 or length > model.cfg.n_ctx:
+        raise ConfigError(
+            f"need batch >= 1 and half from 2 to {(model.cfg.n_ctx - 1) // 2} (BOS + 2 * half tokens must fit "
+            f"the model's {model.cfg.n_ctx}-token context); got batch={batch}, half={half}"
+        )
+    tokens = repeated_random_tokens(model, batch, half, seed).to(model.device)
+    second = torch.zeros(batch, length, dtype=torch.bool)
+    second[:, 1 + half :] = True
+    cpu_tokens = tokens.cpu()
+    scores = {name: torch.zeros(model.cfg.n_layers, model.cfg.n_heads) for name in PATTERN_HEAD_SCORES}
+
+    def score(pattern: torch.Tensor, hook: HookPoint) -> None:
+        layer = hook.layer()
+        assert layer is not None
+        p = pattern.detach().float().cpu()  # [batch, head, q, k]
+        scores["previous_token"][layer] = previous_token_score(p, start=2)
+        scores["duplicate_token"][layer] = duplicate_token_score(p, cpu_tokens, second)
+        scores["induction"][layer] = induction_score(p, cpu_tokens, second)
+
+    with torch.no_grad(), model.hooks([(PATTERN_SITES, score)]):
+        model(tokens)
+    return scores
+
+
+def head_table(model: HookedModel, batch: int = 8, half: int = 50, seed: int = 0) -> HeadTable:
+    """Every head score as a `[layer, head]` table: the pattern scores from one pass over repeated
+    random tokens, plus the weight-based copying score when the model has an LM head."""
+    scores = pattern_head_scores(model, batch, half, seed)
+    if model.adapter.unembedding_weight() is not None:
+        scores["copying"] = model_copying_scores(model)
+    return HeadTable(scores)
+
+
+def _draw_scores(axis: object, name: str, table: torch.Tensor) -> None:
+    """One `[layer, head]` heatmap: layers down, heads across; copying on a diverging scale."""
+    signed = name == "copying"
+    image = axis.imshow(  # type: ignore[attr-defined]
+        table.numpy(), cmap="RdBu" if signed else "viridis", vmin=-1 if signed else 0, vmax=1, aspect="auto"
+    )
+    axis.set(title=name.replace("_", "-"), xlabel="head", ylabel="layer")  # type: ignore[attr-defined]
+    axis.figure.colorbar(image, ax=axis)  # type: ignore[attr-defined]
+
+
+def save_head_heatmaps(table: HeadTable, folder: str | Path) -> list[Path]:
+    """One PNG per score (`<score>.png`) and all of them side by side (`heads.png`) in `folder`."""
+    plt = pyplot()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    n_layers = next(iter(table.scores.values())).shape[0]
+    height = max(2.5, 1.5 + 0.18 * n_layers)
+    for name, scores in table.scores.items():
+        figure, axis = plt.subplots(figsize=(4.2, height))
+        _draw_scores(axis, name, scores)
+        written.append(save_figure(figure, folder / f"{name}.png"))
+    figure, axes = plt.subplots(1, len(table.scores), figsize=(3.6 * len(table.scores), height))
+    for axis, (name, scores) in zip(list(getattr(axes, "flat", [axes])), table.scores.items(), strict=True):
+        _draw_scores(axis, name, scores)
+    figure.tight_layout()
+    written.append(save_figure(figure, folder / "heads.png"))
+    return written
