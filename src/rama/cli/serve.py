@@ -2,7 +2,7 @@
 
 The store is checked, and matched to its SAE (`--sae`, or the folder the store was built from), before
 anything slow is loaded; the model is loaded once, only when there is an SAE (the pages that run text need
-both), from `--model` or the store's `model_name`. The port is bound before the server starts, so a taken port is a one-line error.
+both) or a `--probe` (the /monitor page), from `--model`, the store's `model_name` or the first probe's model. The port is bound before the server starts, so a taken port is a one-line error.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import socket
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rama.cli.options import add_options, from_args, option
@@ -30,6 +30,10 @@ class ServeOptions:
     )
     host: str = option("127.0.0.1", "address to listen on (0.0.0.0 exposes the dashboard to the network)")
     port: int = option(8000, "port to listen on")
+    probe: list[str] = field(
+        default_factory=list,
+        metadata={"help": "a probe folder (or its probe.json) for the /monitor page; repeatable"},
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,6 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog="example: rama serve l9.db   (then open http://127.0.0.1:8000/)",
     )
     add_options(parser, ServeOptions)
+    from rama.monitor import MonitorConfig
+
+    add_options(parser, MonitorConfig, skip=("flag_prompt",))
     parser.set_defaults(handler=run_serve)
 
 
@@ -72,6 +79,8 @@ def run_serve(namespace: argparse.Namespace) -> int:
 
     from rama.features.store import FeatureStore
     from rama.hooks import load
+    from rama.monitor import Monitor, MonitorConfig, Watcher, probe_watcher
+    from rama.probes import load_probe
     from rama.sae.base import SAE
     from rama.web import create_app
     from rama.web.app import LOCAL_NAMES
@@ -85,14 +94,24 @@ def run_serve(namespace: argparse.Namespace) -> int:
         FeatureStore(options.db, sae=sae).close()  # another SAE's store is refused
     else:
         print("rama serve: no SAE folder (--sae), so /text and /steer are off", file=sys.stderr)
-    if options.model and sae is None:
+    if options.model and sae is None and not options.probe:
         print(
             "rama serve: --model is used only with --sae (the text and steering pages need both)",
             file=sys.stderr,
         )
-    model = load(model_name) if sae is not None and model_name else None
+    probes = [load_probe(path) for path in options.probe]  # a bad probe folder fails before the model loads
+    model_name = model_name or (probes[0].meta.get("model") if probes else None)
+    model = load(model_name) if (sae is not None or probes) and model_name else None
+    monitor = None
+    if probes and model is not None:
+        names = [Path(p).resolve().parent.name if Path(p).name == "probe.json" else Path(p).resolve().name
+                 for p in options.probe]  # fmt: skip
+        watchers: list[Watcher] = [probe_watcher(t, f"{n}#{i}" if names.count(n) > 1 else n)
+                                   for i, (t, n) in enumerate(zip(probes, names, strict=True))]  # fmt: skip
+        config = MonitorConfig(window=namespace.window, aggregate=namespace.aggregate)
+        monitor = Monitor(model, watchers, config)  # a probe of another model is refused here
     local = options.host in LOCAL_NAMES
-    app = create_app(options.db, model=model, sae=sae, hosts=LOCAL_NAMES if local else None)
+    app = create_app(options.db, model=model, sae=sae, hosts=LOCAL_NAMES if local else None, monitor=monitor)
     listener = bind(options.host, options.port)
     if not local:
         print(f"rama serve: warning: listening on {options.host}, so anyone who can reach this machine can "

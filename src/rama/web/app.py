@@ -21,7 +21,14 @@ from urllib.parse import parse_qs, urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -29,9 +36,10 @@ from starlette.exceptions import HTTPException
 from rama.errors import ConfigError, InputError, RamaError
 from rama.features.store import SORTABLE, FeatureStore
 from rama.hooks.model import HookedModel
+from rama.monitor import LatentWatcher, Monitor
 from rama.sae.base import SAE
 from rama.web import render
-from rama.web.live import MAX_EDITS, MAX_TEXT_CHARS, Edit, LiveModel
+from rama.web.live import MAX_EDITS, MAX_PROMPT_CHARS, MAX_TEXT_CHARS, Edit, LiveModel, MonitorStream
 
 STATIC = Path(__file__).parent / "static"
 MAX_QUERY_CHARS = 200
@@ -94,10 +102,12 @@ def create_app(
     sae: SAE | None = None,
     page_size: int = 100,
     hosts: Sequence[str] | None = LOCAL_NAMES,
+    monitor: Monitor | None = None,
 ) -> FastAPI:
-    """The dashboard for the feature store at `store_path`; `model` and `sae` enable /text and /steer;
-    the index shows `page_size` units a page. Requests must name one of `hosts` in their Host header
-    (None: any), so a web page cannot reach a local dashboard through a DNS name rebound to 127.0.0.1."""
+    """The dashboard for the feature store at `store_path`; `model` and `sae` enable /text and /steer,
+    `monitor` (probes and latents on a model) /monitor; the index shows `page_size` units a page.
+    Requests must name one of `hosts` in their Host header (None: any), so a web page cannot reach a
+    local dashboard through a DNS name rebound to 127.0.0.1."""
     board = Dashboard(store_path, model, sae, page_size)
     app = FastAPI(title="rama features", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.dashboard = board
@@ -106,6 +116,7 @@ def create_app(
     add_unit_routes(app, board)
     add_search_routes(app, board)
     add_live_routes(app, board)
+    add_monitor_routes(app, board, monitor)
     if hosts is not None:
         add_host_check(app, set(hosts))
     return app
@@ -311,3 +322,43 @@ def steer_edits(form: dict[str, str]) -> tuple[list[Edit], int]:
             "latents and new tokens must be whole numbers, values numbers (e.g. 12 and 8.5)"
         ) from None
     return edits, new_tokens
+
+
+MONITOR_MISSING = (
+    "this page runs probes on the model while it generates: start the dashboard with "
+    "`rama serve DB --probe PROBE_DIR` (repeatable; `--model M` if the store's model is not the probes')"
+)
+
+
+def add_monitor_routes(app: FastAPI, board: Dashboard, monitor: Monitor | None) -> None:
+    """/monitor: a prompt's generation with every watcher's score on each token, streamed token by token
+    as the model produces it (a chunked HTML response, no JavaScript); GET like /text, or a POST form
+    (refused from another site's page)."""
+    watchers = [] if monitor is None else [
+        {"name": w.name, "kind": "latent" if isinstance(w, LatentWatcher) else "probe", "site": w.site,
+         "threshold": t, "top": t if t > 0 else 1.0}
+        for w, t in zip(monitor.watchers, monitor.thresholds, strict=True)
+    ]  # fmt: skip
+
+    def respond(prompt: str, new_tokens: str) -> Response:
+        values: dict[str, Any] = {"prompt": prompt, "new_tokens": new_tokens, "watchers": watchers, "monitor": monitor,
+                  "missing": None if monitor else MONITOR_MISSING}  # fmt: skip
+        if monitor is None or not prompt:
+            return board.page("monitor.html", stream=None, **values)
+        if not new_tokens.strip().isdecimal() or len(new_tokens) > 6:
+            raise InputError(f"new tokens must be a whole number (e.g. 24), not {new_tokens[:20]!r}")
+        stream = MonitorStream(monitor, prompt, int(new_tokens)).start()  # checks the lengths first
+        chunks = board.env.get_template("monitor.html").generate(
+            links=board.links, meta=board.store.meta, stream=stream, **values
+        )
+        return StreamingResponse(chunks, media_type="text/html; charset=utf-8")
+
+    @app.get("/monitor", response_class=HTMLResponse)
+    def monitor_page(prompt: str = "", new_tokens: str = "24") -> Response:
+        check_query("prompt", prompt, MAX_PROMPT_CHARS)
+        return respond(prompt, new_tokens)
+
+    @app.post("/monitor", response_class=HTMLResponse)
+    async def monitor_form(request: Request) -> Response:
+        form = await read_form(request)
+        return respond(form.get("prompt", ""), form.get("new_tokens", "24"))

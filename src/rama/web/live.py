@@ -8,17 +8,20 @@ requests get exactly what each would get alone.
 from __future__ import annotations
 
 import math
+import queue
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from rama.activations import keep_mask, stop_layer
-from rama.errors import InputError
+from rama.errors import InputError, RamaError
 from rama.features.builder import TokenText, check_fit
 from rama.hooks.model import HookedModel
 from rama.interventions import set_features
+from rama.monitor import Monitor, MonitorResult, TokenScores
 from rama.sae.base import SAE
 
 MAX_TEXT_CHARS = 2_000
@@ -128,3 +131,38 @@ def check_length(what: str, text: str, limit: int) -> None:
         raise InputError(f"the {what} is empty; type some text")
     if len(text) > limit:
         raise InputError(f"the {what} is {len(text):,} characters long; the limit is {limit:,}")
+
+
+class MonitorStream:
+    """One /monitor request: the monitored generation runs in its own thread and hands each token's
+    scores to the page as soon as its forward pass has computed them (`tokens()` blocks until the next
+    one); `result` or `error` is set once it ends. The monitor serialises concurrent requests itself."""
+
+    def __init__(self, monitor: Monitor, prompt: str, max_new_tokens: int) -> None:
+        check_length("prompt", prompt, MAX_PROMPT_CHARS)
+        if not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
+            raise InputError(f"new tokens must be between 1 and {MAX_NEW_TOKENS}, not {max_new_tokens}")
+        self.monitor, self.prompt, self.max_new_tokens = monitor, prompt, max_new_tokens
+        self.queue: queue.Queue[TokenScores | None] = queue.Queue()
+        self.result: MonitorResult | None = None
+        self.error: str | None = None
+        self.thread = threading.Thread(target=self.run, daemon=True, name="rama-monitor")
+
+    def start(self) -> MonitorStream:
+        self.thread.start()
+        return self
+
+    def run(self) -> None:
+        try:
+            self.result = self.monitor.generate(self.prompt, self.max_new_tokens, on_token=self.queue.put)
+        except RamaError as error:
+            self.error = str(error)
+        except Exception as error:  # the page is already streaming: say so in it rather than cut it short
+            self.error = f"the monitor failed ({type(error).__name__}); see the server's log"
+            raise
+        finally:
+            self.queue.put(None)
+
+    def tokens(self) -> Iterator[TokenScores]:
+        while (item := self.queue.get()) is not None:
+            yield item
