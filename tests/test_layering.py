@@ -3,7 +3,7 @@ function-local) goes down the layers, no two modules import each other in a circ
 `_private` name is imported from another module.
 
 Layers, bottom to top (a module may import its own layer and the ones below):
-  errors, paths, atomic, locking, metrics, plotting  <  data  <  models  <  hooks (and the `rama`
+  errors, paths, atomic, locking, metrics, plotting, distributed  <  data  <  models  <  hooks (and the `rama`
   facade)  <  activations  <  sae  <  features  <  interventions, circuits, probes  <  monitor  <  toys
   <  web, cli (and `python -m rama`)
 """
@@ -18,7 +18,7 @@ import pytest
 
 SOURCE = Path(__file__).resolve().parents[1] / "src"
 LAYERS: list[set[str]] = [
-    {"errors", "paths", "atomic", "locking", "metrics", "plotting"},
+    {"errors", "paths", "atomic", "locking", "metrics", "plotting", "distributed"},
     {"data"},
     {"models"},
     {"hooks", "rama"},  # `rama` itself: the facade re-exports hooks and models
