@@ -4,13 +4,13 @@ page streams token by token, markup in tokens stays text, and the dashboard's sa
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator
 
 import httpx
 import pytest
 from web_helpers import MARKUP, SITE, elements, served, shared_store
 
+from probes.probe_helpers import word_statements
 from rama.monitor import LatentWatcher, Monitor, MonitorConfig, probe_watcher
 from rama.probes import ProbeConfig, ProbeDataset, train_probe
 
@@ -18,15 +18,9 @@ PROMPT = f"v40 v41 {MARKUP[3]} v10"
 
 
 def markup_statements(groups: int = 30) -> ProbeDataset:
-    """Label carried by the last word (v10 true, v20 false) after a random prefix, as probe_helpers does."""
-    rng = random.Random(0)
-    texts, labels, names = [], [], []
-    for g in range(groups):
-        prefix = " ".join(f"v{rng.randrange(30, 90)}" for _ in range(3))
-        texts += [f"{prefix} v10", f"{prefix} v20"]
-        labels += [1, 0]
-        names += [f"g{g}", f"g{g}"]
-    return ProbeDataset("markup", tuple(texts), tuple(labels), tuple(names))
+    """probe_helpers' word statements in this tokenizer's words: v10 true, v20 false, after a random prefix."""
+    words = word_statements(groups)
+    return ProbeDataset("markup", tuple(t.replace("w", "v") for t in words.texts), words.labels, words.groups)
 
 
 @pytest.fixture(scope="module")
