@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from rama.errors import InputError
 from rama.hooks.model import HookedModel
@@ -169,17 +170,24 @@ def composition_score(first: FactoredMatrix, second: FactoredMatrix) -> torch.Te
 
 
 def _grams(weights: HeadWeights) -> dict[str, torch.Tensor]:
-    """Per head: the factors (query heads' own K and V, by view-indexing the kv heads) and their
-    `[layer, head, d_head, d_head]` Gram matrices."""
-    factors = {
-        "Q": weights.W_Q,
-        "K": weights.W_K[:, weights.kv_head],
-        "V": weights.W_V[:, weights.kv_head],
-        "O": weights.W_O,
+    """`[layer, head, d_head, d_head]` Gram matrices of each query head's factors (`GQ = W_QᵀW_Q`,
+    `GK`, `GV` of the key/value head it reads, `GO = W_O W_Oᵀ`)."""
+    keys, values = weights.W_K[:, weights.kv_head], weights.W_V[:, weights.kv_head]
+    return {
+        "GQ": weights.W_Q.mT @ weights.W_Q,
+        "GK": keys.mT @ keys,
+        "GV": values.mT @ values,
+        "GO": weights.W_O @ weights.W_O.mT,
     }
-    grams = {f"G{n}": m.mT @ m for n, m in factors.items() if n != "O"}
-    grams["GO"] = weights.W_O @ weights.W_O.mT
-    return {**factors, **grams}
+
+
+def _pair_cores(out: torch.Tensor, reads: torch.Tensor) -> torch.Tensor:
+    """`[writer layer, writer head, reader head, d_head, d_head]`: `W_O(writer) @ W_X(reader)` for
+    every pair, as one matrix product (`out [w layer, w head, d_head, d_model]`, `reads [r head,
+    d_model, d_head]`)."""
+    n_layers, n_heads, d_head, d_model = out.shape
+    flat = out.reshape(-1, d_model) @ reads.permute(1, 0, 2).reshape(d_model, -1)  # [(w, h, e), (r, f)]
+    return flat.view(n_layers, n_heads, d_head, reads.shape[0], d_head).permute(0, 1, 3, 2, 4)
 
 
 def _sandwich_norm(core: torch.Tensor, left_gram: torch.Tensor, right_gram: torch.Tensor) -> torch.Tensor:
@@ -192,20 +200,21 @@ def head_compositions(weights: HeadWeights) -> dict[str, torch.Tensor]:
     `{"q"|"k"|"v": [writer layer, writer head, reader layer, reader head]}`, NaN where the writer is
     not in an earlier layer. With `W_OV` the writer's and `W_QK`, `W_OV'` the reader's:
     K: `‖W_QK W_OVᵀ‖`, Q: `‖W_OV W_QK‖`, V: `‖W_OV W_OV'‖`, each over the two norms (the paper's
-    `‖W_A W_B‖_F / (‖W_A‖_F ‖W_B‖_F)`), computed from `d_head × d_head` matrices only."""
+    `‖W_A W_B‖_F / (‖W_A‖_F ‖W_B‖_F)`), computed from `d_head × d_head` matrices only; grouped
+    key/value heads are multiplied once per kv head, then shared by the query heads reading them."""
     n_layers, n_heads = weights.n_layers, weights.n_heads
-    f = _grams(weights)
-    qk_norm = (f["GQ"] * f["GK"]).sum(dim=(-2, -1)).sqrt()  # [layer, head]
-    ov_norm = (f["GV"] * f["GO"]).sum(dim=(-2, -1)).sqrt()
+    g = _grams(weights)
+    qk_norm = (g["GQ"] * g["GK"]).sum(dim=(-2, -1)).sqrt()  # [layer, head]
+    ov_norm = (g["GV"] * g["GO"]).sum(dim=(-2, -1)).sqrt()
     scores = {kind: torch.full((n_layers, n_heads, n_layers, n_heads), float("nan")) for kind in "qkv"}
-    for reader in range(1, n_layers):
-        out = f["O"][:reader, :, None]  # [writer layer, writer head, 1, d_head, d_model]
-        gram_v = f["GV"][:reader, :, None]
-        k_core = (out @ f["K"][reader]).mT  # [w layer, w head, r head, d_head, d_head]: K_rᵀ O_wᵀ
-        k = _sandwich_norm(k_core, f["GQ"][reader], gram_v)
-        q = _sandwich_norm(out @ f["Q"][reader], gram_v, f["GK"][reader])
-        v = _sandwich_norm(out @ f["V"][reader], gram_v, f["GO"][reader])
-        writer_norm = ov_norm[:reader, :, None]
+    kv = weights.kv_head
+    for reader in tqdm(range(1, n_layers), desc="composition", unit="layer", disable=n_layers < 8):
+        out, gram_v = weights.W_O[:reader], g["GV"][:reader, :, None]  # writers; [.., 1, d_head, d_head]
+        k_core = _pair_cores(out, weights.W_K[reader])[:, :, kv].mT  # K_rᵀ O_wᵀ
+        k = _sandwich_norm(k_core, g["GQ"][reader], gram_v)
+        q = _sandwich_norm(_pair_cores(out, weights.W_Q[reader]), gram_v, g["GK"][reader])
+        v = _sandwich_norm(_pair_cores(out, weights.W_V[reader])[:, :, kv], gram_v, g["GO"][reader])
+        writer_norm = ov_norm[:reader, :, None]  # [w layer, w head, 1]
         scores["k"][:reader, :, reader] = k / (writer_norm * qk_norm[reader])
         scores["q"][:reader, :, reader] = q / (writer_norm * qk_norm[reader])
         scores["v"][:reader, :, reader] = v / (writer_norm * ov_norm[reader])
