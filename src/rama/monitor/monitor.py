@@ -138,8 +138,9 @@ class MonitorRun:
         self.flag_all = flag_all
         self.ids: list[int] = []
         self.prompt_length = 0
-        self.raw = torch.zeros(0, len(monitor.watchers))  # [P, n] on the CPU
-        self.scores = torch.zeros(0, len(monitor.watchers))
+        self.raw_rows: list[torch.Tensor] = []  # per forward [new, n] on the CPU
+        self.score_rows: list[torch.Tensor] = []
+        self.tail = torch.zeros(0, len(monitor.watchers))  # the last window − 1 raw rows
         self.events: list[MonitorEvent] = []
         self.pending: torch.Tensor | None = None  # [1, new] input ids of the running forward
         self.step: dict[str, torch.Tensor] = {}  # site -> [new, n_site] scores of the running forward
@@ -156,7 +157,7 @@ class MonitorRun:
         past = cache_length(kwargs)
         if past == 0:  # a new sequence: its first forward is the prompt
             self.ids, self.prompt_length = [], ids.shape[1]
-            self.raw, self.scores = self.raw[:0], self.scores[:0]
+            self.raw_rows, self.score_rows, self.tail = [], [], self.tail[:0]
         elif past != len(self.ids):
             raise InputError(
                 f"the forward continues a cache of {past} tokens, but the monitor saw {len(self.ids)}: "
@@ -176,16 +177,33 @@ class MonitorRun:
             raw[:, scorer.columns] = self.step[site].to(raw.device)
         start = len(self.ids)
         self.ids += self.pending[0].tolist()
-        self.raw = torch.cat([self.raw, raw.float().cpu()])  # the step's one host sync
-        aggregated = window_scores(self.raw, monitor.config.window, monitor.config.aggregate, start)
-        self.scores = torch.cat([self.scores, aggregated])
+        host = raw.float().cpu()  # the step's one host sync
+        recent = torch.cat([self.tail, host])  # the window never reaches further back than the tail
+        aggregated = window_scores(recent, monitor.config.window, monitor.config.aggregate, len(self.tail))
+        self.tail = (
+            recent[len(recent) - (monitor.config.window - 1) :] if monitor.config.window > 1 else self.tail
+        )
+        self.raw_rows.append(host)
+        self.score_rows.append(aggregated)
         self.pending = None
-        self.report(start, raw.float().cpu(), aggregated)
+        self.report(start, host, aggregated)
+
+    @property
+    def raw(self) -> torch.Tensor:
+        """`[P, n]` every position's own scores."""
+        return torch.cat(self.raw_rows) if self.raw_rows else self.tail[:0]
+
+    @property
+    def scores(self) -> torch.Tensor:
+        """`[P, n]` every position's aggregated scores."""
+        return torch.cat(self.score_rows) if self.score_rows else self.tail[:0]
 
     def report(self, start: int, raw: torch.Tensor, aggregated: torch.Tensor) -> None:
         """Events for the scores above threshold, then `on_token` for each new position."""
         monitor = self.monitor
         above = aggregated > monitor.threshold_tensor  # [new, n]
+        if self.on_token is None and not bool(above.any()):
+            return
         tokenizer = monitor.model.tokenizer
         for offset, (raws, scores, flags) in enumerate(zip(raw.tolist(), aggregated.tolist(), above.tolist(),
                                                            strict=True)):  # fmt: skip
