@@ -127,3 +127,21 @@ def test_models_without_a_linear_projection_or_lm_head_are_clear_errors() -> Non
     _, bert = hooked("bert")
     with pytest.raises(InputError, match="no unembedding"):
         folded_unembedding(bert.adapter)
+
+
+@pytest.mark.slow
+def test_smollm2_grouped_heads_reproduce_hook_z(smollm: HookedModel) -> None:
+    """The real model: 9 query heads on 3 key/value heads, RMSNorm folded, no biases."""
+    w = head_weights(smollm.adapter)
+    assert w.W_Q.shape == (30, 9, 576, 64) and w.W_K.shape == (30, 3, 576, 64)
+    assert w.kv_head.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2] and w.b_Q is None
+    layer = 17
+    _, cache = smollm.run_with_cache(
+        "When Mary and John went to the store, John gave", names=f"blocks.{layer}.*"
+    )
+    x = reader_input(smollm, cache, layer, folded=True)
+    v = project(x, w.W_V[layer], None)[:, :, w.kv_head]
+    z = torch.einsum("bhqk,bkhe->bqhe", cache[f"blocks.{layer}.attn.hook_pattern"], v)
+    torch.testing.assert_close(z, cache[f"blocks.{layer}.attn.hook_z"], atol=1e-4, rtol=1e-4)
+    out = torch.einsum("bphe,hed->bpd", z, w.W_O[layer])
+    torch.testing.assert_close(out, cache[f"blocks.{layer}.hook_attn_out"], atol=1e-3, rtol=1e-4)
