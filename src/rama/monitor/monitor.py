@@ -324,9 +324,14 @@ class Monitor:
             if score_last:
                 last = out.sequences[:, -1:]
                 self.model.hf(
-                    input_ids=last, use_cache=True, **{cache_keyword(self.model.hf): out.past_key_values}
+                    input_ids=last, use_cache=True, **{cache_keyword(self.model.hf): generation_cache(out)}
                 )
         return run.result()
+
+
+def generation_cache(out: Any) -> Any:
+    """The KV cache `generate` returned (`cache`, formerly `past_key_values`)."""
+    return out.cache if "cache" in getattr(out, "__dataclass_fields__", {}) else out.past_key_values
 
 
 def cache_keyword(hf: Any) -> str:
