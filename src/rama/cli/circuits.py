@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from rama.cli.circuits_lens import register_lens
 from rama.cli.options import add_options, from_args, option
 from rama.errors import ConfigError, OutputError
 
@@ -40,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group = subparsers.add_parser("circuits", help="head roles, lenses and circuits")
     commands = group.add_subparsers(dest="circuits_command", metavar="COMMAND")
     register_heads(commands)
-    __import__("rama.cli.circuits_lens", fromlist=["register_lens"]).register_lens(commands)
+    register_lens(commands)
 
 
 def register_heads(commands: argparse._SubParsersAction) -> None:
