@@ -178,7 +178,7 @@ def head_table(model: HookedModel, batch: int = 8, half: int = 50, seed: int = 0
     random tokens, plus the weight-based copying score when the model has an LM head."""
     scores = pattern_head_scores(model, batch, half, seed)
     if model.adapter.unembedding_weight() is not None:
-        scores["copying"] = model_copying_scores(model)
+        scores["copying"] = model_copying_scores(model).cpu()
     return HeadTable(scores)
 
 

@@ -206,7 +206,8 @@ def head_compositions(weights: HeadWeights) -> dict[str, torch.Tensor]:
     g = _grams(weights)
     qk_norm = (g["GQ"] * g["GK"]).sum(dim=(-2, -1)).sqrt()  # [layer, head]
     ov_norm = (g["GV"] * g["GO"]).sum(dim=(-2, -1)).sqrt()
-    scores = {kind: torch.full((n_layers, n_heads, n_layers, n_heads), float("nan")) for kind in "qkv"}
+    shape, device = (n_layers, n_heads, n_layers, n_heads), weights.W_O.device
+    scores = {kind: torch.full(shape, float("nan"), device=device) for kind in "qkv"}
     kv = weights.kv_head
     for reader in tqdm(range(1, n_layers), desc="composition", unit="layer", disable=n_layers < 8):
         out, gram_v = weights.W_O[:reader], g["GV"][:reader, :, None]  # writers; [.., 1, d_head, d_head]
