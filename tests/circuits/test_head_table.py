@@ -60,3 +60,29 @@ def test_pattern_scores_on_a_grouped_query_model_and_bad_lengths() -> None:
 def test_top_heads_order() -> None:
     table = HeadTable({"x": torch.tensor([[0.1, 0.9], [0.5, 0.2]])})
     assert table.top("x", 2) == [(0, 1, pytest.approx(0.9)), (1, 0, pytest.approx(0.5))]
+
+
+def test_a_planted_duplicate_token_head_is_found() -> None:
+    """Tiny GPT-2, layer 0 head 0 set to match tokens to themselves (`W_Q = W_K = 6 I` on the 8
+    dimensions holding unit token embeddings, no positions): from the second copy it splits its
+    attention between the query itself and the earlier copy, so its duplicate-token score is ≈ 0.5;
+    every untouched head is near uniform."""
+    hf, model = hooked("gpt2")
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        embedding = torch.randn(hf.config.vocab_size, 8, generator=generator)
+        hf.transformer.wte.weight.zero_()
+        hf.transformer.wte.weight[:, :8] = embedding / embedding.norm(dim=-1, keepdim=True)
+        hf.transformer.wpe.weight.zero_()
+        block = hf.transformer.h[0]
+        block.ln_1.weight.fill_(1.0)
+        block.ln_1.bias.zero_()
+        qkv, bias = block.attn.c_attn.weight, block.attn.c_attn.bias  # Conv1D [d_in, q | k | v]
+        for start in (0, 32):  # head 0's query and key columns
+            qkv[:, start : start + 8] = 0.0
+            qkv[:8, start : start + 8] = 6 * torch.eye(8)
+            bias[start : start + 8] = 0.0
+    scores = pattern_head_scores(model, batch=4, half=10)["duplicate_token"]
+    assert float(scores[0, 0]) > 0.4
+    others = torch.cat([scores[0, 1:], scores[1]])
+    assert float(others.max()) < 0.15
