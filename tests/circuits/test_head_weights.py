@@ -10,9 +10,10 @@ import pytest
 import torch
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
+from rama.circuits.weight_circuits import qk_circuit
 from rama.errors import InputError
 from rama.hooks.model import HookedModel
-from rama.models.head_weights import folded_unembedding, head_weights, linear_matrix
+from rama.models.head_weights import folded_unembedding, head_weights, linear_matrix, rotary_matrix
 from tiny_models import ARCHITECTURES, hooked, random_tokens
 
 SANDWICH = {"gemma2", "gemma3_text"}  # attn_out is normalised again after o_proj
@@ -93,6 +94,29 @@ def test_qk_weights_give_the_attention_scores(arch: str) -> None:
     causal = torch.ones(tokens.shape[1], tokens.shape[1], dtype=torch.bool).tril()
     expected = cache[f"blocks.{layer}.attn.hook_attn_scores"]
     torch.testing.assert_close(scores[..., causal], expected[..., causal], atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox", "gemma"])
+def test_rotary_matrix_gives_the_scores_at_each_offset(arch: str) -> None:
+    """score(i, j) = hook_q[i] R(i − j) hook_k[j]ᵀ / sqrt(d_head): Llama (grouped), NeoX (rotary on
+    half of each head), Gemma; and the QK circuit at an offset gives the same from the residual."""
+    _, model = hooked(arch, attn_implementation="eager")
+    _, cache = model.run_with_cache(random_tokens())
+    w = head_weights(model.adapter)
+    layer, scale = 1, model.cfg.d_head**0.5
+    q, k = cache[f"blocks.{layer}.attn.hook_q"], cache[f"blocks.{layer}.attn.hook_k"][:, :, w.kv_head]
+    scores = cache[f"blocks.{layer}.attn.hook_attn_scores"]  # [batch, head, q, k]
+    x = reader_input(model, cache, layer, folded=True)
+    for i, j in ((5, 5), (5, 4), (9, 2), (11, 0)):
+        rotation = rotary_matrix(model.adapter, i - j)
+        mine = torch.einsum("bhe,ef,bhf->bh", q[:, i], rotation, k[:, j]) / scale
+        torch.testing.assert_close(mine, scores[:, :, i, j], atol=2e-5, rtol=1e-4)
+        if w.b_Q is None and w.b_K is None:
+            circuit = qk_circuit(w, layer, 2, rotation)
+            by_circuit = torch.einsum("bd,de,be->b", x[:, i], circuit.dense(), x[:, j]) / scale
+            torch.testing.assert_close(by_circuit, scores[:, 2, i, j], atol=2e-5, rtol=1e-4)
+    with pytest.raises(InputError, match="no rotary embedding"):
+        rotary_matrix(hooked("gpt2")[1].adapter, 1)
 
 
 def test_grouped_heads_are_views_not_copies() -> None:

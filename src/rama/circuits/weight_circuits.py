@@ -6,10 +6,11 @@ rank `d_head`). Through the embedding and unembedding the full circuits are `[d_
 matrices of rank `d_head`: they are kept as `FactoredMatrix` (`A @ B`) and every summary (trace,
 eigenvalues, norms, SVD) goes through small `r × r` matrices, so `d_vocab²` is never materialised.
 
-Rotary models: the score between positions i and j is `x_i W_Q R(j − i) W_Kᵀ x_jᵀ` with `R` a
+Rotary models: the score between positions i and j is `x_i W_Q R(i − j) W_Kᵀ x_jᵀ` with `R` a
 rotation of the `d_head` space; the QK circuit here is `W_Q W_Kᵀ`, i.e. `R = I`: the score a
 query gives a key at its own position (relative offset 0), or a bag-of-tokens view of what the head
-matches. What depends on the offset (a previous-token head's preference for j = i − 1) is not in it.
+matches. What depends on the offset (a previous-token head's preference for j = i − 1) is not in it;
+`qk_circuit(..., rotation=rotary_matrix(adapter, offset))` gives the circuit at a chosen offset.
 Biases and the norms' per-token scale are left out, as in the paper; pass `fold_norm=True` weights
 (`rama.models.head_weights`) to include the norms' learned scale.
 """
@@ -107,9 +108,14 @@ class FactoredMatrix:
         return FactoredMatrix(self.A[..., index, :], self.B)
 
 
-def qk_circuit(weights: HeadWeights, layer: int, head: int) -> FactoredMatrix:
-    """`W_Q W_Kᵀ`, `[d_model (query side), d_model (key side)]`, rank `d_head` (rotation ignored)."""
-    return FactoredMatrix(weights.W_Q[layer, head], weights.key(layer, head).T)
+def qk_circuit(
+    weights: HeadWeights, layer: int, head: int, rotation: torch.Tensor | None = None
+) -> FactoredMatrix:
+    """`W_Q W_Kᵀ`, `[d_model (query side), d_model (key side)]`, rank `d_head`; with a rotary
+    model's `rotation` (`rama.models.head_weights.rotary_matrix(adapter, offset)`), `W_Q R W_Kᵀ`:
+    the circuit for keys `offset` positions before the query."""
+    queries = weights.W_Q[layer, head] if rotation is None else weights.W_Q[layer, head] @ rotation
+    return FactoredMatrix(queries, weights.key(layer, head).T)
 
 
 def ov_circuit(weights: HeadWeights, layer: int, head: int) -> FactoredMatrix:

@@ -27,6 +27,7 @@ Qwen3's per-head q/k norms (after the projection) are not included.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -184,3 +185,38 @@ def folded_unembedding(adapter: Adapter, fold_norm: bool = True) -> torch.Tensor
         return weight
     folded, _ = fold_reader(norm_affine(adapter, final.path), weight, None)
     return folded
+
+
+def _rotary_module(adapter: Adapter) -> nn.Module:
+    found = [m for name, m in adapter.hf_model.named_modules() if name.endswith("rotary_emb")]
+    if not found:
+        raise InputError(f"{adapter.config().model_type} has no rotary embedding (positions are learned)")
+    return found[0]
+
+
+def _rotation_at(adapter: Adapter, position: int, layer: int) -> torch.Tensor:
+    """`[d_head, d_head]`: the map HF's rotary embedding applies to a row vector `q` at `position`
+    (`q cos + rotate_half(q) sin` on the first `rotary_dim` entries, the rest unchanged)."""
+    module, cfg = _rotary_module(adapter), adapter.config()
+    probe = torch.zeros(1, 1, cfg.d_head, device=adapter.hf_model.device)
+    extra = {}
+    if "layer_type" in inspect.signature(module.forward).parameters:  # Gemma 3: local and global rotary
+        extra["layer_type"] = adapter.hf_config.get_text_config().layer_types[layer]
+    cos, sin = module(probe, torch.tensor([[position]], device=probe.device), **extra)
+    cos, sin = cos[0, 0].float().cpu(), sin[0, 0].float().cpu()  # [rotary_dim]
+    rotary, half = cos.shape[0], cos.shape[0] // 2
+    swap = torch.zeros(rotary, rotary)  # rotate_half as a matrix on row vectors: (x1, x2) -> (-x2, x1)
+    swap[half:, :half] = -torch.eye(half)
+    swap[:half, half:] = torch.eye(half)
+    matrix = torch.eye(cfg.d_head)
+    matrix[:rotary, :rotary] = torch.diag(cos) + swap * sin
+    return matrix
+
+
+def rotary_matrix(adapter: Adapter, offset: int, layer: int = 0) -> torch.Tensor:
+    """`R [d_head, d_head]` with score(query i, key j) `= q_i R k_jᵀ / sqrt(d_head)` whenever
+    `i − j = offset` (`q`, `k` as in `hook_q`/`hook_k`, before rotation), read from the model's own
+    rotary module; `W_Q R W_Kᵀ` is then the QK circuit for keys `offset` positions back. `layer`
+    matters only where layers rotate differently (Gemma 3's local and global layers)."""
+    with torch.no_grad():
+        return _rotation_at(adapter, offset, layer) @ _rotation_at(adapter, 0, layer).T
