@@ -40,6 +40,7 @@ from rama.interventions.logit_metrics import kl_divergence
 from rama.models.fingerprint import weights_fingerprint
 from rama.models.sites import block_site
 from rama.plotting import pyplot, save_figure
+from rama.sae.base import setting
 
 LENS_FORMAT = 1
 LENS_WEIGHTS, LENS_METADATA = "tuned_lens.safetensors", "tuned_lens.json"
@@ -180,14 +181,15 @@ def load_tuned_lens(folder: str | os.PathLike[str], model: HookedModel) -> Tuned
 class TunedLensTraining:
     """How a tuned lens is trained (fields double as `rama circuits lens --train` options)."""
 
-    tokens: int = 32_768  # training tokens (the corpus's train split)
-    batch_size: int = 4
-    context_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 1e-3
-    seed: int = 0
-    checkpoint_every: int = 10
-    progress: bool = True
+    tokens: int = setting(32_768, "training tokens, from the corpus's train split")
+    batch_size: int = setting(2, "contexts per training step")
+    context_size: int = setting(128, "tokens per context (each starts with BOS)")
+    lr: float = setting(1e-3, "AdamW learning rate, decayed linearly to 0")
+    weight_decay: float = setting(1e-3, "AdamW weight decay (pulls each translator towards the identity)")
+    seed: int = setting(0, "seed of the corpus order")
+    checkpoint_every: int = setting(10, "steps between resumable checkpoints")
+    bf16: bool = setting(True, "bfloat16 autocast while training (about 3x faster on a CPU with AVX512-BF16)")
+    progress: bool = setting(True, "show progress bars")
 
     def __post_init__(self) -> None:
         for name in ("tokens", "batch_size", "checkpoint_every"):
@@ -220,16 +222,21 @@ def residuals_and_logits(
     return {site: cache[site][keep] for site in lens_sites(model)}, logits[keep]
 
 
-def training_step(model: HookedModel, lens: TunedLens, tokens: torch.Tensor) -> float:
+def training_step(model: HookedModel, lens: TunedLens, tokens: torch.Tensor, bf16: bool = False) -> float:
     """Accumulate every translator's KL gradient for one batch (layer by layer, so only one layer's
-    `[n, d_vocab]` logits live at a time); returns the mean KL over the trained layers."""
+    `[n, d_vocab]` logits live at a time); returns the mean KL over the trained layers. `bf16` runs
+    the norm and unembedding under bfloat16 autocast (the KL itself is computed in float32)."""
     resid, final = residuals_and_logits(model, tokens)
+    target = final.float().log_softmax(-1)  # [n, d_vocab], once for every layer
+    target_p = target.exp()
     trained = lens.sites[:-1]  # the last block's residual is the model's output: identity
     total = 0.0
     for layer, site in enumerate(trained):
-        loss = kl_divergence(final, lens.logits(model, layer, resid[site])).mean()
+        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = lens.logits(model, layer, resid[site])
+        loss = (target_p * (target - logits.float().log_softmax(-1))).sum(-1).mean()  # KL(final ‖ lens)
         (loss / len(trained)).backward()
-        total += float(loss)
+        total += float(loss.detach())
     return total / max(len(trained), 1)
 
 
@@ -266,7 +273,7 @@ def train_tuned_lens(
             continue
         for group in optimizer.param_groups if optimizer else []:
             group["lr"] = config.lr * (1 - step / steps)
-        losses.append(training_step(model, lens, tokens))
+        losses.append(training_step(model, lens, tokens, config.bf16))
         if optimizer is not None:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

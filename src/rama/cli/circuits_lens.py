@@ -95,7 +95,8 @@ def run_lens(args: argparse.Namespace) -> int:
         tuned = train_tuned_lens(model, training, corpus, checkpoint_dir=out / "checkpoint")
         tuned.save(out)
         remove_checkpoint(out / "checkpoint")
-    curves = lens_curves(model, tuned, config.eval_tokens, corpus, progress=training.progress)
+    curves = lens_curves(model, tuned, config.eval_tokens, corpus, training.batch_size, training.context_size,
+                         progress=training.progress)  # fmt: skip
     record = {"model": config.model, "tuned_lens": config.tuned or config.out if tuned else None,
               "trained_tokens": tuned.meta.get("tokens") if tuned else None, **curves.to_dict()}  # fmt: skip
     if out is not None:
