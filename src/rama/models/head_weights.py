@@ -198,7 +198,8 @@ def _rotation_at(adapter: Adapter, position: int, layer: int) -> torch.Tensor:
     """`[d_head, d_head]`: the map HF's rotary embedding applies to a row vector `q` at `position`
     (`q cos + rotate_half(q) sin` on the first `rotary_dim` entries, the rest unchanged)."""
     module, cfg = _rotary_module(adapter), adapter.config()
-    probe = torch.zeros(1, 1, cfg.d_head, device=adapter.hf_model.device)
+    device = next(adapter.hf_model.parameters()).device
+    probe = torch.zeros(1, 1, cfg.d_head, device=device)
     extra = {}
     if "layer_type" in inspect.signature(module.forward).parameters:  # Gemma 3: local and global rotary
         extra["layer_type"] = adapter.hf_config.get_text_config().layer_types[layer]
