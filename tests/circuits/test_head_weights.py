@@ -159,10 +159,9 @@ def test_smollm2_grouped_heads_reproduce_hook_z(smollm: HookedModel) -> None:
     w = head_weights(smollm.adapter)
     assert w.W_Q.shape == (30, 9, 576, 64) and w.W_K.shape == (30, 3, 576, 64)
     assert w.kv_head.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2] and w.b_Q is None
-    layer = 17
-    _, cache = smollm.run_with_cache(
-        "When Mary and John went to the store, John gave", names=f"blocks.{layer}.*"
-    )
+    layer = 3
+    text = "When Mary and John went to the store, John gave"
+    _, cache = smollm.run_with_cache(text, names=f"blocks.{layer}.*", stop_at_layer=layer + 1)
     x = reader_input(smollm, cache, layer, folded=True)
     v = project(x, w.W_V[layer], None)[:, :, w.kv_head]
     z = torch.einsum("bhqk,bkhe->bqhe", cache[f"blocks.{layer}.attn.hook_pattern"], v)
