@@ -5,6 +5,10 @@ An output folder holds `cfg.json` + `sae_weights.safetensors` (SAELens v6 layout
 Trained work is never thrown away: the SAE is saved before it is evaluated, so a failed or
 interrupted evaluation leaves it on disk (`rama sae eval` evaluates it later). One process writes
 an output folder at a time (`<out>.lock` beside it); the folders are checked before any work.
+
+Under torchrun (docs/distributed.md) every rank harvests its own stride of the token stream (model
+batches r, r + N, ... of N ranks) and trains a replica; rank 0 alone locks and writes the output
+folder, its checkpoints and metrics, and evaluates the SAE.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+
 from rama.activations import (
     BatchSource,
     DiskActivations,
@@ -30,12 +36,13 @@ from rama.activations import (
     stream_harvest_tokens,
 )
 from rama.atomic import remove_stale_staging, write_text
+from rama.distributed import all_reduce_tensor, is_main, run_on_main, setup_distributed, world
 from rama.errors import ConfigError, OutputError
 from rama.hooks.model import HookedModel
 from rama.locking import exclusive
 from rama.sae.base import SAE
 from rama.sae.evaluate import evaluate
-from rama.sae.training import TrainConfig, fit
+from rama.sae.training import TrainConfig, fit, global_steps
 
 SourceKind = Literal["memory", "stream", "disk"]
 
@@ -132,43 +139,71 @@ def plan_data(
         kind = "memory" if epochs else "stream"
     else:
         kind = "stream" if stream else "memory"
-    default_tokens = stream_harvest_tokens(total, batch) if kind == "stream" else total
+    size = world().size  # each rank streams total / size tokens through its own buffer
+    default_tokens = size * stream_harvest_tokens(total // size, batch) if kind == "stream" else total
     harvest_config = harvest_config or HarvestConfig(tokens=default_tokens, seed=jobs[0].config.seed)
     cache = None if activation_cache is None else Path(activation_cache)
     return DataPlan(kind, harvest_config, corpus, cache)
 
 
 def open_sources(model: HookedModel, jobs: list[Job], plan: DataPlan) -> list[Prepared]:
-    """Every job's batch source, as `plan` says (one harvest or one cache serves all jobs)."""
+    """Every job's batch source, as `plan` says (one harvest or one cache serves all jobs). Data
+    parallel: each rank harvests model batches rank, rank + N, ... (memory, stream) or reads rows
+    rank, rank + N, ... of every cache shard (disk); its shuffling is seeded with seed + rank."""
     sites = sorted({s for job in jobs for s in (job.site, job.site_out) if s}, key=model.sites.index)
     if plan.kind == "stream":
         return [stream_source(model, job, plan) for job in jobs]
     start = time.perf_counter()
+    rank, size = world().rank, world().size
     if plan.kind == "disk":
         assert plan.cache is not None
-        rows = cache_activations(model, sites, plan.cache, plan.harvest, plan.corpus)["tokens"]
+        rows = shared_cache(model, sites, plan)["tokens"]
         seconds = time.perf_counter() - start
         sources: list[BatchSource] = [
-            DiskActivations(plan.cache, job.site, job.site_out, job.config.batch_size, seed=job.config.seed)
+            DiskActivations(
+                plan.cache,
+                job.site,
+                job.site_out,
+                job.config.batch_size,
+                seed=job.config.seed,
+                rank=rank,
+                world_size=size,
+            )
             for job in jobs
         ]
     else:
-        acts = harvest(model, sites, plan.harvest, plan.corpus)
+        acts = harvest(model, sites, plan.harvest, plan.corpus, rank=rank, world_size=size)
         seconds = time.perf_counter() - start
         rows = acts[sites[0]].shape[0]
-        sources = [
+        sources = [  # each rank's epochs go over its own harvest (one process: seed + 0, as before)
             TensorBatches(
-                acts[job.site], acts.get(job.site_out or ""), job.config.batch_size, job.config.seed
+                acts[job.site], acts.get(job.site_out or ""), job.config.batch_size, job.config.seed + rank
             )
             for job in jobs
         ]
     return [Prepared(job, source, seconds, rows, seconds) for job, source in zip(jobs, sources, strict=True)]
 
 
+def shared_cache(model: HookedModel, sites: list[str], plan: DataPlan) -> dict[str, Any]:
+    """The activation cache's manifest, built once: with several ranks, whichever locks the folder
+    first harvests it while the others wait on the lock (polling, not in a collective, so a long
+    harvest cannot trip the collective timeout) and then reuse it."""
+    assert plan.cache is not None
+    while True:
+        try:
+            return cache_activations(model, sites, plan.cache, plan.harvest, plan.corpus)
+        except OutputError:
+            if world().size == 1:
+                raise
+            time.sleep(1.0)
+
+
 def stream_source(model: HookedModel, job: Job, plan: DataPlan) -> Prepared:
-    """A stream for one job, its shuffle buffer no bigger than the run needs."""
+    """A stream for one job (this rank's stride of the token stream), its shuffle buffer no bigger
+    than the rank's share of the run needs."""
     start = time.perf_counter()
-    buffer = stream_buffer_tokens(job.config.total_tokens, job.config.batch_size)
+    size = world().size
+    buffer = stream_buffer_tokens(job.config.total_tokens // size, job.config.batch_size)
     source = StreamingBatches(
         model,
         job.site,
@@ -178,6 +213,8 @@ def stream_source(model: HookedModel, job: Job, plan: DataPlan) -> Prepared:
         buffer,
         plan.corpus,
         job.config.seed,
+        rank=world().rank,
+        world_size=size,
     )
     return Prepared(job, source, time.perf_counter() - start)
 
@@ -219,21 +256,27 @@ def train_many(
     stream: bool | None = None,
     activation_cache: str | Path | None = None,
 ) -> list[tuple[SAE, dict[str, Any]]]:
-    """Several SAEs (sites, widths, sparsities) from one harvest or cache (a stream per job)."""
+    """Several SAEs (sites, widths, sparsities) from one harvest or cache (a stream per job).
+    Under torchrun every rank calls it; rank 0 alone locks, checks and writes the output folders."""
     if len({job.out.absolute() for job in jobs}) != len(jobs):
         raise ConfigError("two jobs write the same output folder; give each its own")
     for job in jobs:
         check_output(job.out)
+    setup_distributed(jobs[0].config.device)  # torchrun's process group; nothing in one process
     plan = plan_data(jobs, stream=stream, activation_cache=activation_cache,
                      harvest_config=harvest_config, corpus=corpus)  # fmt: skip
     with ExitStack() as locks:
-        for job in jobs:
-            locks.enter_context(exclusive(job.out))
-            check_output(job.out)  # again, now that no other process can be writing it
-            remove_stale_staging(job.out)
+        run_on_main(lambda: lock_outputs(locks, jobs), "the output folders")
         return [
             train_prepared(model, prepared, plan, eval_tokens) for prepared in open_sources(model, jobs, plan)
         ]
+
+
+def lock_outputs(locks: ExitStack, jobs: list[Job]) -> None:
+    for job in jobs:
+        locks.enter_context(exclusive(job.out))
+        check_output(job.out)  # again, now that no other process can be writing it
+        remove_stale_staging(job.out)
 
 
 def train_prepared(
@@ -246,11 +289,14 @@ def train_prepared(
     start = time.perf_counter()
     sae = fit(source, config=config, metadata=meta)
     train_seconds = time.perf_counter() - start
-    save_trained(sae, job.out, config)
-    trained_tokens = config.total_steps() * config.batch_size
+    size = world().size
+    trained_tokens = global_steps(config) * config.batch_size * size
     harvested, harvest_seconds = prepared.harvested_tokens, prepared.harvest_seconds
     if isinstance(source, StreamingBatches):  # harvested while training: count what it really did
         harvested, harvest_seconds = source.harvested_tokens, source.harvest_seconds
+    if size > 1:  # every rank's harvest, in the one collective after training
+        count = torch.tensor([harvested], dtype=torch.long)
+        harvested = int(all_reduce_tensor(count, what="the harvested-token count")[0])
     timing = {
         "tokens": trained_tokens,
         "harvested_tokens": harvested,
@@ -258,7 +304,11 @@ def train_prepared(
         "harvest_seconds": harvest_seconds,
         "train_seconds": train_seconds,
         "data": plan.kind,
+        **({"processes": size} if size > 1 else {}),
     }
+    if not is_main():  # rank 0 saves and evaluates; the others are done
+        return sae, timing
+    save_trained(sae, job.out, config)
     eval_config = replace(plan.harvest, tokens=eval_tokens, split="test", progress=config.progress)
     return sae, record_evaluation(sae, model, job.out, eval_config, plan.corpus, timing)
 
@@ -266,7 +316,9 @@ def train_prepared(
 def save_trained(sae: SAE, out: Path, config: TrainConfig) -> None:
     """Save the SAE, its training config and curve; the checkpoint is no longer needed."""
     sae.save(out)
-    write_text(out / "train_config.json", json.dumps(config.to_dict(), indent=2))
+    size = world().size  # a data-parallel run records its split (batch_size is per rank)
+    parallel = {"world_size": size, "global_batch_size": config.batch_size * size} if size > 1 else {}
+    write_text(out / "train_config.json", json.dumps({**config.to_dict(), **parallel}, indent=2))
     finished = out / "checkpoint"
     if (finished / "metrics.jsonl").exists():
         os.replace(finished / "metrics.jsonl", out / "metrics.jsonl")

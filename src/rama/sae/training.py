@@ -3,6 +3,11 @@
 Reproducible bit for bit on the CPU from `seed`; checkpoints are written atomically and a killed
 run resumes from its last one to the same final weights. Inputs are scaled to E‖x‖² = d_in while
 training and the scale is folded back into the weights, so the returned SAE works on raw activations.
+
+Under torchrun the same code trains data parallel (docs/distributed.md): `batch_size` is each rank's
+batch, the global batch is `batch_size × world size`, gradients (and the step's fired latents and
+terms) are averaged over the ranks before the optimiser step, and only rank 0 writes. In one process
+every collective is a no-op and the numbers are those of single-process training.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import json
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +26,25 @@ from tqdm import tqdm
 
 from rama.activations import STATS_SAMPLE_TOKENS, BatchSource, TensorBatches
 from rama.atomic import staged_file, write_text
+from rama.distributed import (
+    all_reduce_mean,
+    all_reduce_tensor,
+    broadcast_object,
+    broadcast_tensors,
+    is_main,
+    setup_distributed,
+    world,
+)
 from rama.errors import ConfigError, InputError
 from rama.sae.base import SAE, SAEConfig, TrainState
 from rama.sae.train_config import TrainConfig, resume_differences
 
 __all__ = ["TrainConfig", "fit"]
+
+# Architectures whose loss divides by the batch's target variance (FVU): under data parallelism each
+# rank's loss is reweighted so the averaged gradient is that of the global batch's FVU.
+VARIANCE_NORMALISED = frozenset({"topk", "batchtopk", "matryoshka"})
+PARALLEL_MODE = "data_parallel"  # what a checkpoint records; latent sharding will add its own mode
 
 
 def lr_factor(step: int, total: int, warmup: float, decay: float) -> float:
@@ -52,6 +71,16 @@ def mean_square_scale(data: torch.Tensor) -> float:
     return math.sqrt(data.shape[-1] / data.pow(2).sum(-1).mean().clamp_min(1e-12).item())
 
 
+def global_scale(sample: torch.Tensor) -> float:
+    """`mean_square_scale` over every rank's sample `[n, d]`: the ranks' mean squared norms are
+    averaged (equal samples, as most sources give every rank, give the single-process value)."""
+    if world().size == 1:
+        return mean_square_scale(sample)
+    square = sample.pow(2).sum(-1).mean().double().reshape(1)
+    all_reduce_mean([square], what="the all-reduce of the normalisation statistics")
+    return math.sqrt(sample.shape[-1] / max(float(square[0]), 1e-12))
+
+
 def build_sae(config: TrainConfig, d_in: int, d_out: int | None, meta: dict[str, Any]) -> SAE:
     """The SAE `config` describes, initialised from `config.seed` (its settings already validated)."""
     cfg = SAEConfig(
@@ -76,6 +105,7 @@ class Run:
     state: TrainState
     scale_in: float
     scale_out: float
+    parallel: dict[str, Any] = field(default_factory=dict)  # how the work is split (`parallel_record`)
 
 
 def check_device(name: str) -> torch.device:
@@ -98,17 +128,19 @@ def init_run(config: TrainConfig, data: BatchSource, meta: dict[str, Any]) -> Ru
     device = check_device(config.device)
     sample_x = data.inputs[: min(len(data.inputs), STATS_SAMPLE_TOKENS)].to(device).float()
     sample_y = sample_x if data.targets is None else data.targets[: len(sample_x)].to(device).float()
-    scale_in = mean_square_scale(sample_x) if config.normalize else 1.0
-    scale_out = mean_square_scale(sample_y) if config.normalize and data.targets is not None else scale_in
+    scale_in = global_scale(sample_x) if config.normalize else 1.0
+    scale_out = global_scale(sample_y) if config.normalize and data.targets is not None else scale_in
     d_out = None if data.targets is None else data.targets.shape[1]
     sae = build_sae(config, data.inputs.shape[1], d_out, meta).to(device)  # initialised on the CPU
     init_decoder_bias(sae, sample_y[:8192] * scale_out, config.b_dec_init)
+    with torch.no_grad():  # every rank built the same SAE from the same seed and sample: make sure
+        broadcast_tensors([*sae.parameters(), *sae.buffers()], what="the broadcast of the initial SAE")
     groups = [{"params": params, "lr_scale": scale} for params, scale in sae.optimizer_groups()]
     optimizer = torch.optim.Adam(groups, lr=config.learning_rate(), betas=(0.9, 0.999))
     dead_after = config.dead_after_tokens or min(1_000_000, config.total_tokens // 4)
     state = TrainState(
         0,
-        config.total_steps(),
+        global_steps(config),
         torch.zeros(config.d_sae, dtype=torch.long, device=device),
         dead_after,
         config.sparsity_warmup_fraction,
@@ -127,9 +159,32 @@ def init_decoder_bias(sae: SAE, targets: torch.Tensor, how: str) -> None:
         raise ConfigError(f"b_dec_init must be 'geometric_median', 'mean' or 'zeros', not {how!r}")
 
 
+def global_steps(config: TrainConfig) -> int:
+    """Optimiser steps of the run: `total_tokens` over the global batch (`batch_size` per rank)."""
+    return max(1, config.total_tokens // (config.batch_size * world().size))
+
+
+def variance_weight(target: torch.Tensor, step: int) -> torch.Tensor:
+    """`size · V_rank / V_global` for a batch `[batch, d_out]`: an FVU loss divides by its own
+    batch's variance V_rank (about its own mean); times this weight, the ranks' averaged gradient
+    is the gradient of the global batch's FVU. One small all-reduce, in float64 so that
+    V_global = Σ‖y‖² − N‖mean‖² loses nothing to cancellation."""
+    target = target.detach()
+    wide = target.double()
+    sums = torch.cat([wide.sum(0), wide.new_tensor([target.shape[0]]), wide.pow(2).sum().reshape(1)])
+    all_reduce_tensor(sums, what=f"the target-variance all-reduce of step {step}")
+    mean = sums[:-2] / sums[-2]
+    spread = sums[-1] - sums[-2] * mean.pow(2).sum()
+    own = (target - target.mean(0)).pow(2).sum()  # as the loss computes it
+    return (world().size * own / spread.clamp_min(1e-12)).to(target.dtype)
+
+
 def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, config: TrainConfig) -> dict[str, torch.Tensor]:
     """One optimiser step; returns the loss and the architecture's terms as detached 0-d tensors,
-    left on the device (`log_record` moves them to the host when a line is logged)."""
+    left on the device (`log_record` moves them to the host when a line is logged).
+
+    Data parallel: x and y are this rank's share of the global batch; the gradients, the fired
+    latents and the terms are averaged over the ranks in one all-reduce before the step."""
     sae, state = run.sae, run.state
     for group in run.optimizer.param_groups:
         group["lr"] = (
@@ -139,18 +194,38 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, config: TrainConfig) 
         )
     device = sae.W_enc.device
     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-    out = sae.loss(x * run.scale_in, y * run.scale_out, state)
+    target = y * run.scale_out
+    out = sae.loss(x * run.scale_in, target, state)
     run.optimizer.zero_grad(set_to_none=True)
-    out.loss.backward()
+    size = world().size
+    weighted = size > 1 and sae.architecture in VARIANCE_NORMALISED
+    (out.loss * variance_weight(target, state.step) if weighted else out.loss).backward()
+    terms, fired = {"loss": out.loss.detach(), **out.terms}, out.fired
+    if size > 1:
+        terms, fired = average_over_ranks(sae, terms, fired, state.step)
     sae.remove_parallel_decoder_grad()
     run.optimizer.step()
     sae.normalize_decoder()
+    if size > 1:  # a buffer a loss moved (BatchTopK's threshold estimate) stays one value on every rank
+        all_reduce_mean([b for b in sae.buffers() if b.is_floating_point()], what="the buffer all-reduce")
     if config.target_l0 is not None:  # the controller needs the L0 on the host: one sync, only here
-        steer_coefficient(state, float(out.terms["l0"]), config.target_l0, config.target_l0_rate)
+        steer_coefficient(state, float(terms["l0"]), config.target_l0, config.target_l0_rate)
     assert state.tokens_since_fired is not None
-    state.tokens_since_fired.add_(x.shape[0]).masked_fill_(out.fired, 0)
+    state.tokens_since_fired.add_(x.shape[0] * size).masked_fill_(fired, 0)
     state.step += 1
-    return {"loss": out.loss.detach(), **out.terms}
+    return terms
+
+
+def average_over_ranks(
+    sae: SAE, terms: dict[str, torch.Tensor], fired: torch.Tensor, step: int
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Gradients, terms and fired latents `[d_sae]` averaged over the ranks in one collective: a
+    latent fired in the global batch if it fired on any rank (its mean is then above 0)."""
+    grads = [p.grad for p in sae.parameters() if p.grad is not None]
+    terms = {name: value.detach().float().clone().reshape(()) for name, value in terms.items()}
+    fired_share = fired.float()
+    all_reduce_mean([*grads, fired_share, *terms.values()], what=f"the gradient all-reduce of step {step}")
+    return terms, fired_share > 0
 
 
 def log_record(run: Run, terms: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -195,29 +270,55 @@ def fit(
     activations, in eval mode.
     """
     config = (config or TrainConfig()).with_settings(**overrides)
+    current = setup_distributed(config.device)  # torchrun's process group; nothing in one process
     data: BatchSource = (
-        TensorBatches(activations, targets, config.batch_size, config.seed)
+        TensorBatches(
+            activations, targets, config.batch_size, config.seed, rank=current.rank, world_size=current.size
+        )
         if isinstance(activations, torch.Tensor)
         else activations
     )
     checkpoint = Path(config.checkpoint_dir) / "checkpoint.pt" if config.checkpoint_dir else None
     run = init_run(config, data, metadata or {})
     settings = run_settings(config, metadata or {})
-    if checkpoint is not None and checkpoint.exists():
+    run.parallel = parallel_record(data)
+    if checkpoint is not None and resume_exists(checkpoint):
         load_checkpoint(run, checkpoint, settings)
-    run_steps(run, data, config, checkpoint, settings)
+    run_steps(run, data, config, checkpoint if is_main() else None, settings)
     return finish(run, data.inputs[:STATS_SAMPLE_TOKENS].float())
+
+
+def resume_exists(checkpoint: Path) -> bool:
+    """Whether to resume: rank 0's answer, on every rank (each then reads the same file, so a run
+    over several nodes needs its output folder on a filesystem they share)."""
+    exists = bool(broadcast_object(checkpoint.exists(), what="the check for a checkpoint to resume"))
+    if exists and not checkpoint.exists():
+        raise ConfigError(
+            f"rank {world().rank} cannot see {str(checkpoint)!r}, which rank 0 resumes from: put the output "
+            "folder on a filesystem every node shares"
+        )
+    return exists
+
+
+def parallel_record(data: BatchSource) -> dict[str, Any]:
+    """How the run splits its work, for its checkpoints. `order` is "global" when every rank strides
+    one data order that does not depend on the world size (in-memory epochs over the same tensor on
+    every rank): such a run resumes onto any number of processes with the same global batch."""
+    shared = isinstance(data, TensorBatches) and data.world_size == world().size
+    return {"mode": PARALLEL_MODE, "world_size": world().size, "order": "global" if shared else "per_rank"}
 
 
 def run_steps(
     run: Run, data: BatchSource, config: TrainConfig, checkpoint: Path | None, settings: dict[str, Any]
 ) -> None:
+    """The training loop; `checkpoint` is None on every rank but 0, which alone writes files."""
     metrics_path = checkpoint.parent / "metrics.jsonl" if checkpoint else None
     if metrics_path is not None:
         metrics_path.parent.mkdir(parents=True, exist_ok=True)
         trim_metrics(metrics_path, run.state.step)
     batches = data.from_step(run.state.step)  # before the bar: a stream fills its buffer here
-    bar = tqdm(total=run.state.total_steps, initial=run.state.step, disable=not config.progress, unit="step")
+    shown = config.progress and is_main()
+    bar = tqdm(total=run.state.total_steps, initial=run.state.step, disable=not shown, unit="step")
     try:
         _steps(run, batches, config, bar, checkpoint, metrics_path, settings)
     finally:
@@ -250,7 +351,8 @@ def _steps(
         bar.update(1)
         if run.state.step % config.log_every == 0 or run.state.step == run.state.total_steps:
             record = log_record(run, terms)
-            rate = (run.state.step - start_step) * config.batch_size / max(time.perf_counter() - start, 1e-9)
+            tokens = (run.state.step - start_step) * config.batch_size * world().size  # the global batch
+            rate = tokens / max(time.perf_counter() - start, 1e-9)
             record["tokens_per_s"] = rate
             bar.set_postfix(
                 tok_s=f"{rate:.0f}",
@@ -271,8 +373,11 @@ RUN_METADATA = ("model_name", "hook_name", "hook_name_out", "context_size")
 
 def run_settings(config: TrainConfig, metadata: dict[str, Any]) -> dict[str, Any]:
     """What a checkpoint records of its run, flat: every training and architecture setting, and
-    the model and sites it trains on. A resume compares these (`resume_differences`)."""
-    return {**config.to_dict(), **{k: metadata.get(k, "") for k in RUN_METADATA}}
+    the model and sites it trains on. A resume compares these (`resume_differences`). `batch_size`
+    is recorded as the global batch (per-rank batch × world size; the same in one process), so a
+    resume onto another number of processes is compared on what it learns from."""
+    global_batch = {"batch_size": config.batch_size * world().size}
+    return {**config.to_dict(), **global_batch, **{k: metadata.get(k, "") for k in RUN_METADATA}}
 
 
 def trim_metrics(path: Path, step: int) -> None:
@@ -297,22 +402,26 @@ def save_checkpoint(run: Run, path: Path, settings: dict[str, Any]) -> None:
                 "scale_in": run.scale_in,
                 "scale_out": run.scale_out,
                 "settings": json.dumps(settings),
+                "parallel": json.dumps(run.parallel or {"mode": PARALLEL_MODE, "world_size": 1}),
             },
             staging,
         )
 
 
 def load_checkpoint(run: Run, path: Path, settings: dict[str, Any]) -> None:
-    """Resume from `path` if it was trained with `settings`; otherwise a ConfigError naming each
-    difference (a checkpoint from before settings were recorded is checked by its weights' shapes)."""
+    """Resume from `path` if it was trained with `settings` and can resume onto this run's split
+    of the work (`check_parallel`); otherwise a ConfigError naming each difference (a checkpoint
+    from before settings were recorded is checked by its weights' shapes)."""
     saved = torch.load(path, map_location=run.sae.W_enc.device, weights_only=True)
+    check_parallel(path, json.loads(saved.get("parallel", "{}")), run.parallel)
     if "settings" in saved:
         differences = resume_differences(json.loads(saved["settings"]), settings)
         if differences:
+            hint = " (batch_size is the global batch: per-rank batch × processes)" if world().size > 1 else ""
             raise ConfigError(
                 f"{str(path.parent)!r} holds a checkpoint of another run; it was trained with "
                 + "; ".join(differences)
-                + ". Use another output folder, or delete the checkpoint to start over"
+                + f"{hint}. Use another output folder, or delete the checkpoint to start over"
             )
     try:
         run.sae.load_state_dict(saved["sae"])
@@ -326,6 +435,27 @@ def load_checkpoint(run: Run, path: Path, settings: dict[str, Any]) -> None:
     run.state.tokens_since_fired = saved["tokens_since_fired"]
     run.state.coefficient_multiplier = float(saved.get("coefficient_multiplier", 1.0))
     run.scale_in, run.scale_out = float(saved["scale_in"]), float(saved["scale_out"])
+
+
+def check_parallel(path: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """Refuse a checkpoint of another parallel mode, or one written by another number of processes
+    unless both runs stride one data order that does not depend on it (in-memory epochs)."""
+    mode, size = saved.get("mode", PARALLEL_MODE), int(saved.get("world_size", 1))  # older: one process
+    here = current.get("mode", PARALLEL_MODE), int(current.get("world_size", 1))
+    if mode != here[0]:
+        raise ConfigError(
+            f"{str(path.parent)!r} holds a checkpoint of a {mode!r} run; this run is {here[0]!r}. Resume it "
+            "in the mode that wrote it, or use another output folder"
+        )
+    movable = saved.get("order", "per_rank") == "global" == current.get("order")  # older: per rank
+    if size != here[1] and not movable:
+        raise ConfigError(
+            f"{str(path.parent)!r} holds a checkpoint written by {size} process(es) and this run has {here[1]}: "
+            f"its data order (a stream, a disk cache or per-rank harvests) is split per rank, so it resumes "
+            f"only onto {size} (`torchrun --nproc-per-node {size} ...`"
+            + (")" if size > 1 else " or no torchrun)")
+            + "; only in-memory epochs over the same activations on every rank resume onto another number"
+        )
 
 
 @torch.no_grad()

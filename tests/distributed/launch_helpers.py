@@ -1,0 +1,51 @@
+"""Starting the ranks of a test run as real processes: a free port, torchrun's environment, logs."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+
+
+def free_port() -> int:
+    """A port the OS says is free now (port 0), so parallel test workers never collide."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def start_ranks(out: Path, *args: str, size: int = 2, timeout_s: int = 300) -> list[subprocess.Popen[str]]:
+    """`size` worker processes with the variables torchrun would set, each logging to out/rank<r>.log."""
+    out.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    ranks = []
+    for rank in range(size):
+        env = {
+            **os.environ,
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(size),
+            "RAMA_DIST_TIMEOUT": str(timeout_s),
+            "OMP_NUM_THREADS": "1",
+        }
+        log = open(out / f"rank{rank}.log", "w")  # noqa: SIM115 (closed when the process ends)
+        command = [sys.executable, str(WORKER), str(out), *args]
+        ranks.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, text=True))
+    return ranks
+
+
+def run_torchrun(
+    out: Path, *args: str, size: int = 2, timeout: float = 900
+) -> subprocess.CompletedProcess[str]:
+    """The worker under torchrun itself (`--standalone`: torchrun picks a free port)."""
+    out.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={size}",
+               str(WORKER), str(out), *args]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAMA_DIST_TIMEOUT": "60"}
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
