@@ -207,7 +207,10 @@ class TunedLensTraining:
 def corpus_batches(model: HookedModel, corpus: str | Path | None, split: str, tokens: int,
                    batch_size: int, context_size: int, seed: int) -> Iterator[torch.Tensor]:  # fmt: skip
     """`[batch, context]` token batches of the corpus's train or held-out split (BOS first)."""
-    pack = PackConfig(context_size=context_size, seed=seed, split=split)  # type: ignore[arg-type]
+    contexts = max(1, tokens // context_size)  # a shuffle buffer a few times the run, not 2,048 contexts
+    pack = PackConfig(
+        context_size=context_size, seed=seed, split=split, shuffle_buffer=min(2048, 4 * contexts)
+    )  # type: ignore[arg-type]
     return token_batches(model.tokenizer, corpus, batch_size=batch_size, config=pack, max_tokens=tokens)
 
 
