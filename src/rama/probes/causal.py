@@ -19,7 +19,7 @@ whether the model is merely broken, and a random direction of the same norm is t
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -292,7 +292,11 @@ class Steerer:
 
 
 def steer_truth_probe(
-    model: HookedModel, trained: TrainedProbe, dataset: ProbeDataset, config: CausalConfig | None = None
+    model: HookedModel,
+    trained: TrainedProbe,
+    dataset: ProbeDataset,
+    config: CausalConfig | None = None,
+    on_row: Callable[[CausalResult], None] | None = None,
 ) -> CausalResult:
     """Steer along the probe's truth direction at its site while the model judges the held-out (test) statements
     of `dataset` (the probe's own split), against random directions of the same norm; see the module doc."""
@@ -321,4 +325,6 @@ def steer_truth_probe(
     for name, strength in tqdm(steps, desc="steering", disable=not config.progress):
         vectors = [direction] if name == "probe" else [c.to(direction) for c in controls]
         result.rows.append(steerer.row(name, [v * strength * abs(unit) for v in vectors], strength))
+        if on_row is not None:  # e.g. print or save the rows so far: a long run can be read as it goes
+            on_row(result)
     return result

@@ -24,17 +24,19 @@ from rama.sae import SAE
 
 
 def causal_part(
-    model: HookedModel, layer: int, kinds: list[str], config: CausalConfig, out: Path
+    model: HookedModel, layer: int, kinds: list[str], config: CausalConfig, out: Path, limit: int
 ) -> dict[str, Any]:
     """Flip rates of each kind's cities probe at `layer`; a figure per kind."""
-    cities = load_dataset("cities", limit=200)
-    control = control_sentences(100)
+    cities = load_dataset("cities", limit=limit)
+    control = control_sentences(20)  # only sets the alarm threshold, which steering does not use
     results: dict[str, Any] = {}
     for kind in kinds:
         trained = train_probe(
             model, cities, f"blocks.{layer}.hook_resid_post", control, ProbeConfig(kind=kind)
         )
-        result = steer_truth_probe(model, trained, cities, config)
+        result = steer_truth_probe(
+            model, trained, cities, config, on_row=lambda r: print(r.markdown(), flush=True)
+        )
         result.figure(out / f"flips-{kind}-{config.positions}.png")
         results[kind] = {"probe_test_auroc": trained.meta["test"]["auroc"], **result.to_dict(),
                          "table": result.markdown()}  # fmt: skip
@@ -47,12 +49,15 @@ def causal_part(
 
 
 def capability_part(
-    model: HookedModel, sae: SAE, targets: list[str], latents: int, rule: str
+    model: HookedModel, sae: SAE, targets: list[str], latents: int, rule: str, prompts: int, trials: int
 ) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for target in targets:
         result = capability_ablation(
-            model, sae, target, CapabilityConfig(latents=latents, rule=rule, random_trials=2)
+            model,
+            sae,
+            target,
+            CapabilityConfig(latents=latents, rule=rule, random_trials=trials, prompts=prompts),
         )
         results[target] = {**result.to_dict(), "table": result.markdown()}
         print(f"target {target}, {latents} latents ({rule}): {result.latents}")
@@ -66,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", required=True)
     parser.add_argument("--layer", type=int, default=12)
+    parser.add_argument("--limit", type=int, default=200, help="cities (groups) of the probe's dataset")
+    parser.add_argument("--prompts", type=int, default=60, help="prompts per capability")
+    parser.add_argument("--random-trials", type=int, default=2)
     parser.add_argument("--kinds", nargs="*", default=["logistic", "diffmean"])
     parser.add_argument("--strengths", nargs="*", type=float, default=[1.0, 2.0, 4.0, 8.0, 16.0, 32.0])
     parser.add_argument("--positions", default="all")
@@ -96,12 +104,13 @@ def main(argv: list[str] | None = None) -> int:
                 ppl_tokens=args.ppl_tokens,
             ),
             out,
+            args.limit,
         )
         write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     if not args.skip_capability:
         sae = SAE.load(args.sae)
         results[f"capability_{args.rule}_{args.latents}"] = capability_part(
-            model, sae, args.targets, args.latents, args.rule
+            model, sae, args.targets, args.latents, args.rule, args.prompts, args.random_trials
         )
         write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     return 0
