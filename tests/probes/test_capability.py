@@ -66,6 +66,7 @@ def test_specificity_and_choice_by_hand() -> None:
     assert specificity(0.5, [0.1, 0.3]) == pytest.approx(2.5)  # 0.5 / mean(0.1, 0.3)
     assert specificity(0.2, [-0.1, 0.3]) == pytest.approx(2.0)
     assert specificity(0.3, [0.0, 0.0]) == math.inf and math.isnan(specificity(0.0, [0.0]))
+    assert specificity(0.5, [1 / 30, -1 / 30]) == math.inf  # one prompt lost, one gained: no mean drop
     attributions = {"a": torch.tensor([1.0, 3.0, 2.0, 0.0]), "b": torch.tensor([0.0, 4.0, 0.0, 0.0]),
                     "c": torch.tensor([0.0, 2.0, 0.0, -2.0])}  # fmt: skip
     # contrast: a − mean(b, c) = [1, 0, 2, 1]: 2, then the tie 0 / 3 to the lower id
@@ -177,3 +178,14 @@ def test_bad_requests_are_clear(model: HookedModel, sae: SAE) -> None:
     with pytest.raises(ConfigError, match="rule 'best'"):
         CapabilityConfig(rule="best")
     assert list(CAPABILITIES) == ["countries", "letters", "brackets"]
+
+
+@pytest.mark.slow
+def test_builtin_capabilities_tokenise_cleanly_on_smollm(smollm: HookedModel) -> None:
+    """Every built-in prompt's tokens are a prefix of prompt + answer (no answer merges into the prompt)."""
+    for capability in build_capabilities(list(CAPABILITIES), 60):
+        encoded = encode(smollm, capability.prompts, capability.answers)
+        assert len(capability.prompts) == 60 and all(
+            stop > start for start, stop in zip(encoded.starts, encoded.stops, strict=True)
+        )
+    assert smollm.to_str_tokens("))") == ["))"]

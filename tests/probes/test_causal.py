@@ -18,6 +18,7 @@ from rama.hooks.model import HookedModel
 from rama.probes import LinearProbe, TrainedProbe, split_by_group
 from rama.probes.causal import (
     CausalConfig,
+    answer_ids,
     class_gap,
     flip_rates,
     judge,
@@ -128,3 +129,13 @@ def test_what_cannot_be_steered(model: HookedModel) -> None:
     prompts = judge_prompts(model, ["w30 w31"], TEMPLATE)
     with pytest.raises(InputError, match="several tokens"):
         judge(model, prompts, SITE, None, answers=(" w10 w11", " w20"))
+
+
+@pytest.mark.slow
+def test_smollm_answers_are_single_tokens(smollm: HookedModel) -> None:
+    true_id, false_id = answer_ids(smollm)
+    assert smollm.to_string([true_id]) == " true" and smollm.to_string([false_id]) == " false"
+    [prompt] = judge_prompts(smollm, ["The city of Tokyo is in Japan."], "{statement} This statement is")
+    assert (
+        smollm.to_string(list(prompt.tokens[prompt.start : prompt.stop])) == "The city of Tokyo is in Japan."
+    )

@@ -176,7 +176,7 @@ def measure(model: HookedModel, capability: Capability, hooks: Sequence[Hook] = 
         ok, lp = answer_logprobs(logits, encoded)
         right.append(ok)
         logprob.append(lp)
-    return float(torch.cat(right).float().mean()), float(torch.cat(logprob).mean())
+    return float(torch.cat(right).double().mean()), float(torch.cat(logprob).mean())
 
 
 def attribution_hook(sae: SAE, site: str, store: list[torch.Tensor]) -> Hook:
@@ -228,10 +228,10 @@ def choose_latents(attributions: dict[str, torch.Tensor], target: str, count: in
 
 
 def specificity(target_drop: float, control_drops: Sequence[float]) -> float:
-    """The target's drop over the mean drop of the controls (inf when the controls do not drop at all and
-    the target does; NaN when neither drops)."""
+    """The target's drop over the mean drop of the controls (inf when the controls do not drop on average
+    and the target does; NaN when neither drops; negative when the controls improve on average)."""
     control = sum(control_drops) / len(control_drops) if control_drops else 0.0
-    if control == 0.0:
+    if abs(control) < 1e-9:  # drops of +1 and −1 prompt cancel to ~1e-17, not to 0.0
         return math.nan if target_drop == 0.0 else math.copysign(math.inf, target_drop)
     return target_drop / control
 
@@ -338,7 +338,9 @@ def capability_ablation(
         randoms = [
             measure(model, capability, ablation_hooks(model, sae, d), config.batch_size) for d in draws
         ]
-        random_mean = torch.tensor(randoms).mean(0).tolist() if randoms else [math.nan, math.nan]
+        random_mean = (
+            torch.tensor(randoms, dtype=torch.float64).mean(0).tolist() if randoms else [math.nan, math.nan]
+        )
         result.rows.append({"name": name, "prompts": len(capability.prompts), "accuracy": accuracy,
                             "accuracy_ablated": ablated[0], "accuracy_random": random_mean[0], "logprob": logprob,
                             "logprob_ablated": ablated[1], "logprob_random": random_mean[1]})  # fmt: skip
