@@ -22,7 +22,7 @@ import shutil
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from safetensors.torch import load_file, save
@@ -45,6 +45,7 @@ from rama.sae.base import setting
 LENS_FORMAT = 1
 LENS_WEIGHTS, LENS_METADATA = "tuned_lens.safetensors", "tuned_lens.json"
 CHECKPOINT_NAME = "checkpoint.pt"
+CorpusSplit = Literal["train", "test", "all"]
 
 
 class LensMismatchError(RamaError, ValueError):
@@ -204,13 +205,13 @@ class TunedLensTraining:
         return max(1, self.tokens // (self.batch_size * self.context_size))
 
 
-def corpus_batches(model: HookedModel, corpus: str | Path | None, split: str, tokens: int,
+def corpus_batches(model: HookedModel, corpus: str | Path | None, split: CorpusSplit, tokens: int,
                    batch_size: int, context_size: int, seed: int) -> Iterator[torch.Tensor]:  # fmt: skip
     """`[batch, context]` token batches of the corpus's train or held-out split (BOS first)."""
     contexts = max(1, tokens // context_size)  # a shuffle buffer a few times the run, not 2,048 contexts
     pack = PackConfig(
         context_size=context_size, seed=seed, split=split, shuffle_buffer=min(2048, 4 * contexts)
-    )  # type: ignore[arg-type]
+    )
     return token_batches(model.tokenizer, corpus, batch_size=batch_size, config=pack, max_tokens=tokens)
 
 
