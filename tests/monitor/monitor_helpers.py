@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import cache
+
+import torch
 
 from features.feature_helpers import tiny_model, tiny_sae
 from probes.probe_helpers import control_words, word_statements
@@ -17,16 +20,17 @@ PROMPT = "w40 w41 w42 w10"
 
 @cache
 def parts() -> tuple[HookedModel, TrainedProbe, TrainedProbe, SAE]:
-    """Built once per test process (a second or so): the model, a logistic probe at block 1, a
-    diffmean probe at block 0, and the SAE."""
+    """Built once per test process (a second or so): the model, two difference-of-means probes (block 1,
+    given a standardisation as logistic probes have, so that folding it into the weights is tested; and
+    block 0), and the SAE."""
     model = tiny_model()
     data, control = word_statements(40), control_words()
-    logistic = train_probe(
-        model, data, SITE1, control, ProbeConfig(kind="logistic", progress=False, control=40)
-    )
-    diffmean = train_probe(
-        model, data, SITE0, control, ProbeConfig(kind="diffmean", progress=False, control=40)
-    )
+    config = ProbeConfig(kind="diffmean", progress=False, control=40)
+    fitted = train_probe(model, data, SITE1, control, config)
+    scale = torch.linspace(0.5, 2.0, fitted.probe.scale.shape[0])  # [d], like a training std
+    standardised = replace(fitted.probe, scale=scale, direction=fitted.probe.direction * scale)
+    logistic = replace(fitted, probe=standardised)
+    diffmean = train_probe(model, data, SITE0, control, config)
     return model, logistic, diffmean, tiny_sae()
 
 
