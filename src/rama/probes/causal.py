@@ -138,6 +138,10 @@ class CausalResult:
                   ylim=(-0.02, 1.02), title=f"judgement flips, {self.site}")  # fmt: skip
         ppl.set(xscale="log", yscale="log", xlabel="strength α", ylabel="perplexity, ordinary text",
                 title="is the model still working?")  # fmt: skip
+        strengths = sorted({r.strength for r in self.rows})
+        for axis in (flips, ppl):
+            axis.set_xticks(strengths, [f"{x:g}" for x in strengths])
+            axis.minorticks_off()
         flips.legend(fontsize=7)
         ppl.legend(fontsize=7)
         fig.tight_layout()

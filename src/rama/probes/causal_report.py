@@ -109,8 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     if not args.skip_capability:
         sae = SAE.load(args.sae)
-        results[f"capability_{args.rule}_{args.latents}"] = capability_part(
-            model, sae, args.targets, args.latents, args.rule, args.prompts, args.random_trials
+        results.setdefault(f"capability_{args.rule}_{args.latents}", {}).update(
+            capability_part(
+                model, sae, args.targets, args.latents, args.rule, args.prompts, args.random_trials
+            )
         )
         write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     return 0
