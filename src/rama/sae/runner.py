@@ -139,8 +139,12 @@ def plan_data(
         kind = "memory" if epochs else "stream"
     else:
         kind = "stream" if stream else "memory"
-    size = world().size  # each rank streams total / size tokens through its own buffer
-    default_tokens = size * stream_harvest_tokens(total // size, batch) if kind == "stream" else total
+    default_tokens = stream_harvest_tokens(total, batch) if kind == "stream" else total
+    size = world().size
+    if kind == "stream" and size > 1:  # each rank streams total / size tokens through its own buffer,
+        model_batch = HarvestConfig.batch_size * HarvestConfig.context_size  # in whole model batches
+        per_rank = -(-stream_harvest_tokens(total // size, batch) // model_batch)  # every rank the same
+        default_tokens = size * per_rank * model_batch
     harvest_config = harvest_config or HarvestConfig(tokens=default_tokens, seed=jobs[0].config.seed)
     cache = None if activation_cache is None else Path(activation_cache)
     return DataPlan(kind, harvest_config, corpus, cache)
