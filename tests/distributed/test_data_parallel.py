@@ -20,8 +20,8 @@ pytestmark = pytest.mark.distributed
 
 # Two ranks average their gradients in another order than one process sums them, and their matmuls
 # run on half the rows: after 40 Adam steps the weights differ by float32 rounding only (measured:
-# 4.8e-7 at most, weights up to 2.6). The bound, 1e-4, is far above that rounding and far below what a wrong batch, a
-# missing all-reduce or a per-rank FVU normalisation would shift (a different batch changes every step).
+# 4.8e-7 at most, weights up to 2.6). The bound, 1e-4, is far above that rounding and far below
+# what a wrong batch, a missing all-reduce or a per-rank FVU normalisation would shift.
 BOUND = 1e-4
 
 
