@@ -91,7 +91,8 @@ def choose_backend(config: DistributedConfig, device: str) -> str:
     if backend == "nccl" and not (torch.cuda.is_available() and dist.is_nccl_available()):
         raise ConfigError(
             "RAMA_DIST_BACKEND=nccl needs CUDA GPUs and a torch built with NCCL; this machine has "
-            f"{torch.cuda.device_count()} CUDA device(s). Use RAMA_DIST_BACKEND=gloo (or auto) to train on the CPU"
+            f"{torch.cuda.device_count()} CUDA device(s). Use RAMA_DIST_BACKEND=gloo (or auto) "
+            "to train on the CPU"
         )
     if backend == "nccl" and not on_cuda:
         raise ConfigError(
