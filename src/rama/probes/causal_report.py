@@ -16,7 +16,7 @@ from typing import Any
 from rama.atomic import write_text
 from rama.hooks.model import HookedModel
 from rama.probes.capability import CAPABILITIES, CapabilityConfig, capability_ablation
-from rama.probes.causal import CausalConfig, steer_truth_probe
+from rama.probes.causal import JUDGE_TEMPLATE, CausalConfig, steer_truth_probe
 from rama.probes.control import control_sentences
 from rama.probes.datasets import load_dataset
 from rama.probes.training import ProbeConfig, train_probe
@@ -37,7 +37,10 @@ def causal_part(
         result = steer_truth_probe(
             model, trained, cities, config, on_row=lambda r: print(r.markdown(), flush=True)
         )
-        result.figure(out / f"flips-{kind}-{config.positions}.png")
+        result.figure(
+            out
+            / f"flips-{kind}-{config.positions}{'' if config.template == JUDGE_TEMPLATE else '-fewshot'}.png"
+        )
         results[kind] = {"probe_test_auroc": trained.meta["test"]["auroc"], **result.to_dict(),
                          "table": result.markdown()}  # fmt: skip
         print(f"{kind} probe (test AUROC {trained.meta['test']['auroc']:.3f}), positions {config.positions}:")
@@ -78,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strengths", nargs="*", type=float, default=[1.0, 2.0, 4.0, 8.0, 16.0, 32.0])
     parser.add_argument("--positions", default="all")
     parser.add_argument("--ppl-tokens", type=int, default=2048)
+    parser.add_argument("--template", default=JUDGE_TEMPLATE, help="the judging prompt, with {statement}")
+    parser.add_argument("--tag", default="", help="suffix of this run's key in results.json and figure")
     parser.add_argument("--random-directions", type=int, default=2)
     parser.add_argument("--sae", default="/work/artifacts/sae-l9-4608")
     parser.add_argument("--targets", nargs="*", default=list(CAPABILITIES))
@@ -93,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     if (out / "results.json").is_file():
         results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     if not args.skip_causal:
-        results[f"causal_layer{args.layer}_{args.positions}"] = causal_part(
+        results[f"causal_layer{args.layer}_{args.positions}{args.tag}"] = causal_part(
             model,
             args.layer,
             args.kinds,
@@ -102,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.positions,
                 random_directions=args.random_directions,
                 ppl_tokens=args.ppl_tokens,
+                template=args.template.replace("\\n", "\n"),
             ),
             out,
             args.limit,
