@@ -185,8 +185,11 @@ def run_train(namespace: argparse.Namespace) -> int:
 def train_and_report(options: SAERunOptions, config: TrainConfig) -> int:
     from rama import load
     from rama.activations import HarvestConfig
+    from rama.distributed import setup_distributed
     from rama.sae import train
 
+    # Under torchrun, join first: on CUDA that makes "cuda" mean this rank's GPU before the model loads.
+    setup_distributed(config.device)
     model = load(options.model, device=config.device)
     harvest_config = (
         None
