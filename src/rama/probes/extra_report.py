@@ -1,10 +1,12 @@
-"""Two SmolLM2 results docs/probes.md adds to `report.py`'s: k-sparse probes on a trained SAE's latents
-(SAEBench style, against a logistic probe on the raw activations at the same site), and reliability
-curves of the logistic and difference-of-means probes on held-out statements.
+"""SmolLM2 results docs/probes.md adds to `report.py`'s: k-sparse probes on a trained SAE's latents
+(SAEBench style, against a logistic probe on the raw activations at the same site), reliability curves
+of the logistic and difference-of-means probes on held-out statements, and, per built-in dataset, the
+share of contrast pairs whose true statement the model itself finds likelier.
 
     python -m rama.probes.extra_report --sae /work/artifacts/sae-l9-4608 --out docs/probes
+        [--parts ksparse reliability preference]
 
-Writes `extra.json` and `reliability.png` into `--out`.
+Writes (updates) `extra.json` and `reliability.png` in `--out`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from rama.hooks.model import HookedModel
 from rama.plotting import pyplot, save_figure
 from rama.probes.datasets import load_dataset
 from rama.probes.gather import gather
+from rama.probes.knowledge import pair_preference
 from rama.probes.probe_metrics import label_auroc, reliability
+from rama.probes.report import LIMITS
 from rama.probes.splits import split_by_group
 from rama.probes.training import ProbeConfig, fit_on, site_rows, statement_probabilities
 from rama.sae import SAE
@@ -110,25 +114,42 @@ def reliability_figure(result: dict[str, Any], path: str | Path) -> Path:
     return save_figure(fig, path)
 
 
+def preferences(model: HookedModel, seed: int = 0) -> dict[str, float]:
+    """`pair_preference` of every built-in dataset, at the statement counts of `report.py`."""
+    return {
+        name: pair_preference(model, load_dataset(name, limit=limit, seed=seed))
+        for name, limit in LIMITS.items()
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     import rama
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--sae", required=True, help="a trained SAE folder on SmolLM2 (its site is probed)")
+    parser.add_argument("--sae", help="a trained SAE folder on SmolLM2 (its site is probed; for ksparse)")
     parser.add_argument("--out", default="docs/probes")
+    parser.add_argument("--parts", nargs="*", default=["ksparse", "reliability", "preference"])
     args = parser.parse_args(argv)
+    if "ksparse" in args.parts and not args.sae:
+        parser.error("the ksparse part needs --sae")
     torch.set_num_threads(1)  # a shared machine: one thread is faster than two contended ones
     model = rama.load("smollm2-135m")
     config = ProbeConfig(progress=False)
     out = Path(args.out)
-    results = {"ksparse": ksparse_rows(model, SAE.load(args.sae), config)}
-    results["reliability"] = reliability_curves(model, config)
+    results = json.loads((out / "extra.json").read_text()) if (out / "extra.json").is_file() else {}
+    if "ksparse" in args.parts:
+        results["ksparse"] = ksparse_rows(model, SAE.load(args.sae), config)
+        for row in results["ksparse"]["rows"]:
+            print(row["kind"], row["k"], round(row["val_auroc"], 3), round(row["test_auroc"], 3))
+    if "reliability" in args.parts:
+        results["reliability"] = reliability_curves(model, config)
+        reliability_figure(results["reliability"], out / "reliability.png")
+    if "preference" in args.parts:
+        results["preference"] = preferences(model, config.seed)
+        print(results["preference"])
     write_text(out / "extra.json", json.dumps(results, indent=1))
-    reliability_figure(results["reliability"], out / "reliability.png")
-    for row in results["ksparse"]["rows"]:
-        print(row["kind"], row["k"], round(row["val_auroc"], 3), round(row["test_auroc"], 3))
     return 0
 
 
