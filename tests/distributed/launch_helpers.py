@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
+from net_helpers import free_port
+
 WORKER = Path(__file__).with_name("ddp_worker.py")
-
-
-def free_port() -> int:
-    """A port the OS says is free now (port 0), so parallel test workers never collide."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def start_ranks(out: Path, *args: str, size: int = 2, timeout_s: int = 300) -> list[subprocess.Popen[str]]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import email.utils
 import shutil
-import socket
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 
 from explain_helpers import COMPLETION_TOKENS, PROMPT_TOKENS, ChatServer, Scripted, serve_with_key, tiny_store
+from net_helpers import free_port
 from rama.errors import ConfigError, InputError
 from rama.features import FeatureStore
 from rama.features.explain import (
@@ -166,9 +166,7 @@ def test_a_slow_reply_times_out_and_is_retried(server: ChatServer, store: Path) 
 
 
 def test_connection_refused_is_retried_then_reported(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]  # closed again: nothing listens there
+    port = free_port()  # closed again: nothing listens there
     settings = ExplainConfig(endpoint=f"http://127.0.0.1:{port}/v1", model="m", key_env="", retries=1,
                              backoff=0.0, progress=False, ids=[3])  # fmt: skip
     with pytest.raises(ExplainError, match="after 2 attempts; the last: ConnectionRefusedError"):

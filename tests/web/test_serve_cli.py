@@ -16,15 +16,10 @@ import pytest
 from web_helpers import CONFIG, corpus_rows, shared_store, web_model, web_sae
 
 from cli_helpers import rama_in_process
+from net_helpers import free_port
 from rama.cli.serve import bind, built_from
 from rama.errors import ConfigError
 from rama.features import FeatureStore, build
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_serve_starts_answers_and_stops(tmp_path_factory: pytest.TempPathFactory) -> None:
