@@ -17,17 +17,8 @@ CITY_PROMPT = "Q: In which country is the city of {city}?\nA: The city of {city}
 def continuation_logprob(model: HookedModel, prompt: str, continuations: list[str]) -> torch.Tensor:
     """`[len(continuations)]` summed log-probabilities of each continuation's tokens after `prompt`."""
     prompt_len = len(model.to_tokens(prompt)[0])
-    texts = [prompt + c for c in continuations]
-    batch = model.tokenize(texts)
-    with torch.no_grad():
-        logprobs = model(batch.tokens, attention_mask=batch.attention_mask).float().log_softmax(-1).cpu()
-    mask = batch.attention_mask if batch.attention_mask is not None else torch.ones_like(batch.tokens)
-    totals = []
-    for row in range(len(texts)):
-        stop = int(mask[row].sum())
-        targets = batch.tokens[row, prompt_len:stop]
-        totals.append(logprobs[row, prompt_len - 1 : stop - 1].gather(1, targets[:, None]).sum())
-    return torch.stack(totals)
+    scored = token_logprobs(model, [prompt + c for c in continuations], batch_size=len(continuations))
+    return torch.stack([logprobs[prompt_len - 1 :].sum() for _, logprobs in scored])
 
 
 def city_fact_accuracy(
@@ -43,9 +34,12 @@ def city_fact_accuracy(
     return right / len(facts)
 
 
-def token_logprobs(model: HookedModel, texts: list[str], batch_size: int = 16) -> list[torch.Tensor]:
-    """Per text, `[tokens]` its token ids and `[tokens - 1]` the log-probability of each token after the first."""
-    rows: list[torch.Tensor] = []
+def token_logprobs(
+    model: HookedModel, texts: list[str], batch_size: int = 16
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per text, (`[tokens]` its token ids, `[tokens - 1]` the log-probability of each token after the
+    first); batches are right-padded, as rama's tokenizers give them."""
+    scored: list[tuple[torch.Tensor, torch.Tensor]] = []
     for start in range(0, len(texts), batch_size):
         batch = model.tokenize(texts[start : start + batch_size])
         with torch.no_grad():
@@ -53,18 +47,14 @@ def token_logprobs(model: HookedModel, texts: list[str], batch_size: int = 16) -
         mask = batch.attention_mask if batch.attention_mask is not None else torch.ones_like(batch.tokens)
         for row in range(len(batch.tokens)):
             ids = batch.tokens[row, : int(mask[row].sum())].cpu()
-            rows.append(
-                torch.stack(
-                    [ids[1:].double(), logprobs[row, : len(ids) - 1].gather(1, ids[1:, None])[:, 0].double()]
-                )
-            )
-    return rows
+            scored.append((ids, logprobs[row, : len(ids) - 1].gather(1, ids[1:, None])[:, 0].double()))
+    return scored
 
 
 def pair_preference(model: HookedModel, dataset: ProbeDataset, batch_size: int = 16) -> float:
     """Share of contrast pairs (a group's true and false statement) whose true statement the model finds
     likelier: the summed log-probability of each statement's tokens from the first token where the two
-    differ to its end (the shared beginning cancels). Needs right-padded batches, as rama's tokenizers give."""
+    differ to its end (the shared beginning cancels; the first token has no prediction and is never scored)."""
     true_ids, false_ids = dataset.pairs()
     if not true_ids:
         raise InputError(f"{dataset.name} holds no group with one true and one false statement")
@@ -72,8 +62,8 @@ def pair_preference(model: HookedModel, dataset: ProbeDataset, batch_size: int =
     right = 0
     for t, f in zip(true_ids, false_ids, strict=True):
         (a_ids, a_lp), (b_ids, b_lp) = scored[t], scored[f]
-        shared = 0
+        shared = 1  # log-probabilities start at the second token
         while shared < min(len(a_ids), len(b_ids)) and a_ids[shared] == b_ids[shared]:
             shared += 1
-        right += int(a_lp[shared:].sum() > b_lp[shared:].sum())
+        right += int(a_lp[shared - 1 :].sum() > b_lp[shared - 1 :].sum())
     return right / len(true_ids)
