@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from rama.cli.circuits_discover import register_discover, register_render
+from rama.cli.circuits_ioi import register_ioi
 from rama.cli.circuits_lens import register_lens
 from rama.cli.options import add_options, from_args, option
 from rama.errors import ConfigError, OutputError
@@ -42,6 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     commands = group.add_subparsers(dest="circuits_command", metavar="COMMAND")
     register_heads(commands)
     register_lens(commands)
+    register_ioi(commands)
+    register_discover(commands)
+    register_render(commands)
 
 
 def register_heads(commands: argparse._SubParsersAction) -> None:
