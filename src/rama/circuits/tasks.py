@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rama.circuits.ioi_prompts import ioi_prompts
 from rama.errors import InputError
 from rama.hooks.model import HookedModel
 from rama.interventions.logit_metrics import logit_difference
@@ -153,3 +154,26 @@ def _repeat_logprob(tokens: torch.Tensor, half: int) -> BatchMetric:
         return predicted.gather(-1, targets[..., None])[..., 0].mean(-1)
 
     return metric
+
+
+def ioi_task(
+    model: HookedModel,
+    n: int = 64,
+    seed: int = 0,
+    batch_size: int = 16,
+    template_set: str | Sequence[str] = "real",
+) -> CircuitTask:
+    """Indirect object identification: generator prompts (ABBA and BABA) against their ABC
+    corruptions; the metric is logit(IO) − logit(S) at the end (`rama.circuits.ioi_prompts`)."""
+    batches = []
+    for group in ioi_prompts(model.tokenizer, n, seed, template_set=template_set):
+        for start in range(0, group.clean.shape[0], batch_size):
+            rows = slice(start, start + batch_size)
+            io, s, end = group.io[rows], group.s[rows], group.end[rows]
+            batches.append(
+                TaskBatch(group.clean[rows], group.corrupted[rows], logit_difference_metric(io, s, end), end)
+            )
+    return CircuitTask("ioi", batches)
+
+
+TASKS: dict[str, Callable[..., CircuitTask]] = {"ioi": ioi_task, "induction": induction_task}
