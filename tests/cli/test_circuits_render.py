@@ -33,6 +33,10 @@ def drawn(svg_text: str) -> list[str]:
     return [p.get("data-edge", "") for p in svg.iter(f"{SVG}path") if "edge" in p.get("class", "")]
 
 
+def inline_svg(page: str) -> str:
+    return page[page.index("<svg") : page.index("</svg>") + len("</svg>")]
+
+
 def test_render_writes_the_page_and_the_svg(tmp_path: Path) -> None:
     path = saved_graph(tmp_path)
     graph = CircuitGraph.load(path)
@@ -50,7 +54,10 @@ def test_render_writes_the_page_and_the_svg(tmp_path: Path) -> None:
     )
     svg_text = out.with_suffix(".svg").read_text()
     assert svg_text.startswith("<?xml") and len(drawn(svg_text)) == 12
-    assert svg_text.split("\n", 1)[1].strip() in page  # the page holds the same SVG inline
+    inline = ET.fromstring(inline_svg(page))  # the page holds the same drawing, enlarged (same viewBox)
+    bare = ET.fromstring(svg_text)
+    assert drawn(inline_svg(page)) == drawn(svg_text) and inline.get("viewBox") == bare.get("viewBox")
+    assert float(inline.get("width", 0)) > float(bare.get("width", 0))
     strongest_others = graph.scores.abs().masked_fill(graph.in_circuit, -1).topk(9).indices.tolist()
     assert set(drawn(svg_text)) == {e.name for e in graph.circuit_edges()} | {
         graph.edges[i].name for i in strongest_others
@@ -62,9 +69,8 @@ def test_render_writes_the_page_and_the_svg(tmp_path: Path) -> None:
     assert sorted(drawn((tmp_path / "c.svg").read_text())) == sorted(e.name for e in graph.circuit_edges())
     default = rama_cli("circuits", "render", str(path))  # as a user runs it: beside the graph
     assert default.returncode == 0, default.stderr
-    beside = (tmp_path / "graph.html").read_text()
-    inline = beside[beside.index("<svg") : beside.index("</svg>") + len("</svg>")]
-    assert len(drawn(inline)) == graph.n_edges  # 110 edges, under the default cap of 300: all drawn
+    beside = inline_svg((tmp_path / "graph.html").read_text())
+    assert len(drawn(beside)) == graph.n_edges  # 110 edges, under the default cap of 300: all drawn
 
 
 def test_render_errors_are_one_line(tmp_path: Path) -> None:

@@ -45,7 +45,9 @@ ALL_NODES_UP_TO = 80  # graphs with at most this many nodes show every node
 BOX_W, BOX_H, COLUMN = 52.0, 20.0, 62.0  # node box and column pitch, px
 LOWER_ROW = 34.0  # from a layer's head row down to its MLP row
 LAYER_GAP, EMPTY_LAYER = 26.0, 14.0  # space below a layer's last row; height of a layer with nothing shown
-LEFT, RIGHT, HEADER = 70.0, 24.0, 112.0  # margins; the title and legend sit in the header
+LEFT, RIGHT, HEADER = 70.0, 24.0, 100.0  # margins; the title and legend sit in the header
+MIN_CANVAS = 760.0  # px wide at least, for the legend
+PAGE_WIDTH, PAGE_HEIGHT, PAGE_ZOOM = 1100.0, 1300.0, 1.6  # the page enlarges small drawings up to this
 MAX_EDGES_HELP = "draw at most this many edges: the circuit's (strongest first), then the strongest others"
 ALL_NODES_HELP = (
     f"show every node, not only the drawn edges' ends (default: for graphs up to {ALL_NODES_UP_TO} nodes)"
@@ -99,7 +101,8 @@ class GraphLayout:
     """Where the shown nodes go: each box's top-left corner, each layer's label row, the canvas size."""
 
     boxes: dict[str, tuple[float, float]]  # node name -> (x, y) of its box's top-left corner
-    layer_labels: list[tuple[int, float, bool]]  # (layer, y of its head row, anything shown)
+    layer_bands: list[tuple[int, float, float, bool]]  # (layer, top, height, anything shown); they tile
+    label_x: float  # where the layer labels start
     width: float
     height: float
 
@@ -142,24 +145,26 @@ def layout_nodes(graph: CircuitGraph, shown: list[Node]) -> GraphLayout:
     """Rows top to bottom by layer (every layer of the graph keeps a row, a thin one when nothing in it
     is shown), columns from `node_columns`."""
     columns = node_columns(graph, shown)
+    content = (max(columns.values(), default=0) + 1) * COLUMN
+    width = max(LEFT + content + RIGHT, MIN_CANVAS)
+    left = LEFT + (width - LEFT - content - RIGHT) / 2  # narrow graphs sit in the middle
     boxes: dict[str, tuple[float, float]] = {}
-    labels: list[tuple[int, float, bool]] = []
+    bands: list[tuple[int, float, float, bool]] = []
     y = HEADER
     for layer in sorted({n.layer for n in graph.nodes}):
         here = [n for n in shown if n.layer == layer]
-        if any(n.kind in ("head", "mlp", "feature") for n in graph.nodes if n.layer == layer):
-            labels.append((layer, y, bool(here)))
+        row = y + LAYER_GAP / 2  # the layer's band runs from y to y + step; its boxes sit inside
         for node in here:
             boxes[node.name] = (
-                LEFT + columns[node.name] * COLUMN,
-                y + (LOWER_ROW if in_lower_row(node) else 0),
+                left + columns[node.name] * COLUMN,
+                row + (LOWER_ROW if in_lower_row(node) else 0),
             )
-        if not here:
-            y += EMPTY_LAYER
-        else:
-            y += (LOWER_ROW if any(in_lower_row(n) for n in here) else 0) + BOX_H + LAYER_GAP
-    width = max(LEFT + (max(columns.values(), default=0) + 1) * COLUMN + RIGHT, 760.0)
-    return GraphLayout(boxes, labels, width, y + 10)
+        step = EMPTY_LAYER if not here else BOX_H + LAYER_GAP
+        step += LOWER_ROW if any(in_lower_row(n) for n in here) else 0
+        if any(n.kind in ("head", "mlp", "feature") for n in graph.nodes if n.layer == layer):
+            bands.append((layer, y, step, bool(here)))
+        y += step
+    return GraphLayout(boxes, bands, left - LEFT + 12, width, y + 10)
 
 
 def svg_child(parent: ET.Element, tag: str, text: str | None = None, **attributes: object) -> ET.Element:
@@ -329,12 +334,36 @@ def draw_header(
     draw_legend(svg, largest)
 
 
+def draw_layer_bands(svg: ET.Element, layout: GraphLayout) -> None:
+    """Each layer's label, and a faint band behind every other layer so a box's layer is plain to see
+    (the MLP sits half a row below its layer's heads)."""
+    for layer, top, height, _ in layout.layer_bands:
+        if layer % 2 == 0:
+            band = {
+                "x": layout.label_x - 6,
+                "y": top,
+                "width": layout.width - layout.label_x,
+                "height": height,
+            }
+            svg_child(svg, "rect", class_="band", fill="#f1f3f8", **band)
+    for layer, top, _, anything in layout.layer_bands:
+        size, colour, down = (10, "#444", LAYER_GAP / 2 + BOX_H * 0.7) if anything else (8, "#aaa", 10.0)
+        svg_text(svg, f"layer {layer}", layout.label_x, top + down, size, colour)
+
+
 def render_svg(
     graph: CircuitGraph, max_edges: int = 300, circuit_only: bool = False, all_nodes: bool | None = None
 ) -> str:
     """The graph as one SVG document (no external references): see the module docstring for the
     layout. `all_nodes` None shows every node of graphs up to ALL_NODES_UP_TO nodes, else only those
     the drawn edges touch."""
+    return ET.tostring(svg_drawing(graph, max_edges, circuit_only, all_nodes), encoding="unicode")
+
+
+def svg_drawing(
+    graph: CircuitGraph, max_edges: int, circuit_only: bool, all_nodes: bool | None
+) -> ET.Element:
+    """`render_svg`'s tree."""
     edges = drawn_edges(graph, max_edges, circuit_only)
     shown = shown_nodes(graph, edges, all_nodes)
     layout = layout_nodes(graph, shown)
@@ -345,15 +374,7 @@ def render_svg(
     svg = ET.Element("svg", {"xmlns": SVG_NAMESPACE, "class": "circuit-graph", "font-family": FONT, **frame})
     svg_child(svg, "rect", x=0, y=0, width=width, height=height, fill="#fff")
     draw_header(svg, graph, edges, shown, largest)
-    for layer, y, anything in layout.layer_labels:
-        svg_text(
-            svg,
-            f"layer {layer}",
-            12.0,
-            y + BOX_H * 0.7,
-            10 if anything else 8,
-            "#444" if anything else "#bbb",
-        )
+    draw_layer_bands(svg, layout)
     for index in edges:
         draw_edge(svg, graph, index, layout, largest)
     in_circuit = set(graph.circuit_nodes())
@@ -362,7 +383,7 @@ def render_svg(
         ports.setdefault(edge.downstream, set()).add(edge.port)
     for node in shown:
         draw_node(svg, node, layout.boxes[node.name], node.name in in_circuit, ports.get(node.name, set()))
-    return ET.tostring(svg, encoding="unicode")
+    return svg
 
 
 PAGE_STYLE = """
@@ -417,7 +438,12 @@ def graph_page(
 ) -> str:
     """An HTML page: a hover line (a node lights its edges; an edge shows its score), the
     inline SVG and the graph's `info` as a table. Self-contained: no external files or scripts."""
-    figure = render_svg(graph, max_edges, circuit_only, all_nodes)
+    svg = svg_drawing(graph, max_edges, circuit_only, all_nodes)
+    width, height = float(svg.get("width", 1)), float(svg.get("height", 1))
+    zoom = max(1.0, min(PAGE_ZOOM, PAGE_WIDTH / width, PAGE_HEIGHT / height))  # small drawings get bigger
+    svg.set("width", f"{width * zoom:.0f}")
+    svg.set("height", f"{height * zoom:.0f}")
+    figure = ET.tostring(svg, encoding="unicode")
     title = html.escape(graph_title(graph))
     rows = "\n".join(
         f"<tr><td>{html.escape(str(key))}</td><td>{html.escape(info_text(value))}</td></tr>"
