@@ -339,13 +339,8 @@ def draw_layer_bands(svg: ET.Element, layout: GraphLayout) -> None:
     (the MLP sits half a row below its layer's heads)."""
     for layer, top, height, _ in layout.layer_bands:
         if layer % 2 == 0:
-            band = {
-                "x": layout.label_x - 6,
-                "y": top,
-                "width": layout.width - layout.label_x,
-                "height": height,
-            }
-            svg_child(svg, "rect", class_="band", fill="#f1f3f8", **band)
+            x, width = layout.label_x - 6, layout.width - layout.label_x
+            svg_child(svg, "rect", class_="band", x=x, y=top, width=width, height=height, fill="#f1f3f8")
     for layer, top, _, anything in layout.layer_bands:
         size, colour, down = (10, "#444", LAYER_GAP / 2 + BOX_H * 0.7) if anything else (8, "#aaa", 10.0)
         svg_text(svg, f"layer {layer}", layout.label_x, top + down, size, colour)
