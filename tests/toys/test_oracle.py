@@ -183,6 +183,23 @@ def test_the_oracle_does_its_task_as_computed_by_hand(oracle: tuple[Any, OracleT
     assert torch.equal(content.argmax(-1) + 6, task.answer_ids)
 
 
+def test_the_distractors_change_but_nothing_reads_them(
+    oracle: tuple[Any, OracleTask, dict[str, Any]],
+) -> None:
+    """So that a method scoring by "did this node's output change" fails the oracle."""
+    model, task, truth = oracle
+    with torch.no_grad():
+        clean, corrupted = node_outputs(model, task.clean_tokens), node_outputs(model, task.corrupted_tokens)
+    change = {node: float((corrupted[node] - clean[node]).abs().max()) for node in clean}
+    for node in ("input", "a0.0", "a0.1", "a1.0", "a1.1", "a1.3"):
+        assert change[node] > 0.5, node
+    for node in ("a0.2", "a0.3", "m0", "m1"):  # constant or zero
+        assert change[node] == 0, node
+    assert change["a1.2"] < 1e-6  # looks at the marker (which moves) but moves a constant
+    unsplit = {e.name for e in model_graph(2, 4, split_qkv=False).edges}
+    assert set(truth["true_edges_unsplit"]) <= unsplit and len(truth["true_edges_unsplit"]) == 4
+
+
 def test_the_patching_helper_recovers_the_clean_and_the_corrupted_run(
     oracle: tuple[Any, OracleTask, dict[str, Any]],
 ) -> None:

@@ -65,15 +65,15 @@ BLOCKS = (
     ("marker", 1),
     ("self2", N_VOCAB),
 )
-TRUE_EDGES = tuple(
-    e.name
-    for e in (
-        Edge("input", "a0.1", "v"),
-        Edge("a0.1", "a1.0", "k"),
-        Edge("input", "a1.0", "v"),
-        Edge("a1.0", "logits"),
-    )
+TRUE_EDGE_LIST = (
+    Edge("input", "a0.1", "v"),
+    Edge("a0.1", "a1.0", "k"),
+    Edge("input", "a1.0", "v"),
+    Edge("a1.0", "logits"),
 )
+TRUE_EDGES = tuple(e.name for e in TRUE_EDGE_LIST)
+# The same edges in a graph without q/k/v ports (`model_graph(..., split_qkv=False)`).
+TRUE_EDGES_UNSPLIT = tuple(Edge(e.upstream, e.downstream).name for e in TRUE_EDGE_LIST)
 HEAD_ROLES = {
     "a0.0": "attends to itself, copies the token into `self` (read only by a1.3): distractor",
     "a0.1": "previous-token head, copies the previous token into `previous`: on the path",
@@ -299,6 +299,7 @@ def build_oracle(n_pairs: int = 12, seed: int = 0) -> tuple[Any, Any, OracleTask
     truth = {
         "task": "oracle",
         "true_edges": list(TRUE_EDGES),
+        "true_edges_unsplit": list(TRUE_EDGES_UNSPLIT),
         "n_layers": 2,
         "n_heads": N_HEADS,
         "heads": HEAD_ROLES,
