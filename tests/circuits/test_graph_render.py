@@ -102,6 +102,13 @@ def test_every_circuit_edge_is_drawn_and_marked_in_valid_svg() -> None:
     circuit_nodes = {g.get("data-node") for g in svg.iter(f"{SVG}g") if "in-circuit" in g.get("class", "")}
     assert circuit_nodes == {"input", "a0.1", "a1.2", "logits"}
     assert "7 of the circuit's 7" in render_svg(graph, max_edges=30)
+    title = next(svg.iter(f"{SVG}text")).text
+    assert title == "Circuit graph · model induction-2l · task induction · method hand-set"
+    graph.info["model"] = (
+        "/home/me/toys/induction-2l"  # a local folder: its name in the title, all in the table
+    )
+    page = graph_page(graph)
+    assert "model induction-2l · task" in page and "<td>/home/me/toys/induction-2l</td>" in page
 
 
 def test_edge_width_grows_linearly_with_abs_score() -> None:

@@ -218,8 +218,12 @@ def score_text(value: float) -> str:
 
 
 def graph_title(graph: CircuitGraph) -> str:
-    """'Circuit graph · model … · task … · method …' from whichever of those `info` holds."""
-    parts = [f"{key} {graph.info[key]}" for key in ("model", "task", "method") if key in graph.info]
+    """'Circuit graph · model … · task … · method …' from whichever of those `info` holds (a model given
+    as an absolute path by its folder's name; the page's table keeps the whole path)."""
+    shown = {key: str(graph.info[key]) for key in ("model", "task", "method") if key in graph.info}
+    if shown.get("model", "").startswith("/"):
+        shown["model"] = Path(shown["model"]).name
+    parts = [f"{key} {value}" for key, value in shown.items()]
     return " · ".join(["Circuit graph", *parts])
 
 
