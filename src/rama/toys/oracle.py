@@ -12,9 +12,9 @@ How the model does it (every write lands in its own block of orthogonal residual
   `previous` (K-composition with a0.1), its values read the token: it writes the token after the
   marker into `answer`, the only block the unembedding reads. Its attention is soft (the target
   gets 0.8), so gradients through its keys are not zero.
-- Distractors: a0.0 copies the current token into `self`, a1.3 copies `self` into `self2`, a1.1
-  copies a0.1's `previous` (one position back) into `previous2`: their outputs differ between clean
-  and corrupted, but nothing reads them. a0.2 attends to `<bos>` (constant output), a1.2 looks for
+- Distractors: a0.0 copies the current token into `self`, a1.3 copies `self` from three positions
+  back into `self2`, a1.1 copies a0.1's `previous` from one position back into `previous2`: at `end`
+  their outputs differ between clean and corrupted, but nothing reads them. a0.2 attends to `<bos>` (constant output), a1.2 looks for
   the marker but moves a constant, a0.3 is dead. The MLPs are zero (as in the attention-only toys).
 
 LayerNorm: every residual direction is a pair of dimensions (+1, −1), so the residual's mean is 0
@@ -82,7 +82,7 @@ HEAD_ROLES = {
     "a1.0": "mover: keys read `previous`[key], values read the token, writes `answer`: on the path",
     "a1.1": "previous-token head copying `previous` into `previous2` (read by nobody): distractor",
     "a1.2": "attends to the marker token but moves a constant into `marker`",
-    "a1.3": "attends to itself, copies `self` into `self2` (read by nobody): distractor",
+    "a1.3": "attends three positions back, copies `self` into `self2` (read by nobody): distractor",
 }
 
 
@@ -180,7 +180,7 @@ def layer_heads() -> list[list[HeadSpec]]:
         mover,
         positional_head(1, "previous", "previous2", s1),
         finder,
-        positional_head(0, "self", "self2", s1),
+        positional_head(3, "self", "self2", s1),
     ]
     return [layer0, layer1]
 
