@@ -76,7 +76,7 @@ class RunState:
     input_override: torch.Tensor | None = None  # [batch, pos, d_model] the input node's output
     record: bool = False  # keep every sender's output in `outputs`
     outputs: dict[int, torch.Tensor] = field(default_factory=dict)
-    diffs: dict[int, torch.Tensor] = field(default_factory=dict)  # corrupted − current, removed senders only
+    diffs: torch.Tensor | None = None  # [n_senders, batch, pos, d_model] corrupted − current, patched senders
     residual: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
@@ -148,6 +148,8 @@ class EdgeModel:
         if state.record:
             state.outputs[index] = value.detach()
         if state.corrupted is not None and bool(state.removal[:, index].any()):
+            if state.diffs is None:
+                state.diffs = torch.zeros(len(self.layout.senders), *value.shape, dtype=value.dtype)
             state.diffs[index] = state.corrupted[index].to(value.dtype) - value.detach()
 
     def _input_hook(self, state: RunState) -> HookFn:
@@ -171,18 +173,21 @@ class EdgeModel:
 
         return hook
 
-    def _deltas(self, state: RunState, ports: list[int], like: torch.Tensor) -> dict[int, torch.Tensor]:
-        """`{port: [batch, pos, d_model]}` for ports whose input changes: removed edges' diffs plus
-        the gradient leaf; ports with neither are left out (and keep the model's own value)."""
-        deltas: dict[int, torch.Tensor] = {}
-        for port in ports:
-            senders = state.removal[port].nonzero().flatten().tolist()
-            parts = [state.diffs[s] for s in senders if s in state.diffs]
-            if state.leaves is not None:
-                parts.append(state.leaves[port])
-            if parts:
-                deltas[port] = torch.stack(parts).sum(0) if len(parts) > 1 else parts[0]
-        return deltas
+    def _deltas(self, state: RunState, ports: list[int]) -> tuple[list[int], torch.Tensor | None]:
+        """(the ports whose input changes, their changes `[n, batch, pos, d_model]`): the removed
+        edges' diffs, summed as one matrix product, plus the gradient leaves."""
+        patched = state.removal[ports].any(1).tolist()
+        changed = [p for p, hit in zip(ports, patched, strict=True) if hit or state.leaves is not None]
+        if not changed:
+            return [], None
+        delta: torch.Tensor | None = None
+        if state.diffs is not None and any(patched):
+            flat = state.removal[changed].to(state.diffs.dtype) @ state.diffs.flatten(1)
+            delta = flat.view(len(changed), *state.diffs.shape[1:])
+        if state.leaves is not None:
+            leaves = torch.stack([state.leaves[p] for p in changed])
+            delta = leaves if delta is None else delta + leaves
+        return changed, delta
 
     def _head_port_hook(self, state: RunState, layer: int, which: str) -> HookFn:
         n_heads = self.model.cfg.n_heads
@@ -191,14 +196,13 @@ class EdgeModel:
         wanted = {h: p for h, p in ports.items() if p is not None}
 
         def hook(activation: torch.Tensor, point: HookPoint) -> torch.Tensor | None:  # [b, pos, head, d_head]
-            deltas = self._deltas(state, list(wanted.values()), activation)
-            if not deltas:
+            changed, delta = self._deltas(state, list(wanted.values()))
+            if delta is None:
                 return None
-            heads = [h for h, p in wanted.items() if p in deltas]
+            owner = {p: h for h, p in wanted.items()}
+            heads = [owner[p] for p in changed]
             slots = heads if which == "q" else [h // self.group for h in heads]
-            resid = state.residual[f"pre{layer}"]
-            stacked = torch.stack([deltas[wanted[h]] for h in heads])  # [n, batch, pos, d_model]
-            normed = self.ln1[layer].forward(resid[None] + stacked)
+            normed = self.ln1[layer].forward(state.residual[f"pre{layer}"][None] + delta)  # [n, b, pos, d]
             out = activation.clone()
             out[:, :, slots] = self._project(layer, which, slots, normed).to(out.dtype)
             return out
@@ -220,10 +224,10 @@ class EdgeModel:
         def hook(activation: torch.Tensor, point: HookPoint) -> torch.Tensor | None:
             if port is None:
                 return None
-            deltas = self._deltas(state, [port], activation)
-            if not deltas:
+            _, delta = self._deltas(state, [port])
+            if delta is None:
                 return None
-            return norm.forward(state.residual[key] + deltas[port]).to(activation.dtype)
+            return norm.forward(state.residual[key] + delta[0]).to(activation.dtype)
 
         return hook
 
