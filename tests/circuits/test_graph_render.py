@@ -192,6 +192,25 @@ def test_names_and_info_from_the_graph_are_escaped() -> None:
     assert {p.get("data-edge") for p in edges_of(svg)} == {e.name for e in graph.edges}
 
 
+def test_feature_nodes_and_infinite_scores() -> None:
+    """Feature nodes (transcoder latents, for attribution graphs) go in their layer's lower row, after
+    the MLP; an infinite score draws at the widest and does not flatten every other width."""
+    nodes = [Node("input", "input", -1), Node("a0.0", "head", 0, 0), Node("m0", "mlp", 0)]
+    nodes += [Node("f0.7", "feature", 0, 7), Node("f1.2", "feature", 1, 2), Node("logits", "logits", 2)]
+    edges = [Edge("input", "a0.0", "q"), Edge("a0.0", "f0.7"), Edge("f0.7", "f1.2"), Edge("f1.2", "logits")]
+    graph = CircuitGraph(
+        nodes, edges, torch.tensor([1.0, 2.0, math.inf, -4.0]), torch.zeros(4, dtype=torch.bool)
+    )
+    svg = ET.fromstring(render_svg(graph))
+    boxes = node_boxes(svg)
+    assert boxes["f0.7"][1] == boxes["m0"][1] > boxes["a0.0"][1] and boxes["f0.7"][0] > boxes["m0"][0]
+    assert boxes["a0.0"][1] < boxes["f0.7"][1] < boxes["f1.2"][1] < boxes["logits"][1]
+    widths = {p.get("data-edge"): float(p.get("stroke-width", "nan")) for p in edges_of(svg)}
+    assert widths["input->a0.0<q>"] == pytest.approx(0.6 + 6.4 / 4)  # the largest finite |score| is 4
+    assert widths["a0.0->f0.7"] == pytest.approx(0.6 + 6.4 / 2)
+    assert widths["f0.7->f1.2"] == widths["f1.2->logits"] == MAX_WIDTH
+
+
 def smollm_shaped_graph() -> CircuitGraph:
     """SmolLM2-135M's graph (30 layers, 9 query heads, 3 key/value heads: 70,651 edges), random scores, a
     60-edge circuit of mid-sized edges (so the cap must keep weaker circuit edges over stronger others)."""

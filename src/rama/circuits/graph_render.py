@@ -90,10 +90,11 @@ def drawn_edges(graph: CircuitGraph, max_edges: int = 300, circuit_only: bool = 
 
 
 def edge_width(magnitude: float, largest: float) -> float:
-    """Stroke width for |score| `magnitude`: linear from MIN_WIDTH (0) to MAX_WIDTH (`largest`)."""
+    """Stroke width for |score| `magnitude`: linear from MIN_WIDTH (0) to MAX_WIDTH (`largest`, the
+    largest finite |score| drawn; an infinite one gets MAX_WIDTH too)."""
     if math.isnan(magnitude) or largest <= 0:
-        return UNSCORED_WIDTH
-    return MIN_WIDTH + (MAX_WIDTH - MIN_WIDTH) * magnitude / largest
+        return MAX_WIDTH if magnitude == math.inf else UNSCORED_WIDTH
+    return MIN_WIDTH + (MAX_WIDTH - MIN_WIDTH) * min(magnitude / largest, 1.0)
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,7 @@ def in_lower_row(node: Node) -> bool:
 def node_columns(graph: CircuitGraph, shown: list[Node]) -> dict[str, float]:
     """Column of each shown node: heads by index, the MLP after the last head, features after the MLP
     (in graph order), input and logits centred over the heads."""
-    n_heads = max((n.index or 0) + 1 for n in graph.nodes if n.kind == "head") if graph.nodes else 0
+    n_heads = max(((n.index or 0) + 1 for n in graph.nodes if n.kind == "head"), default=0)
     columns: dict[str, float] = {}
     features_in_layer: dict[int, int] = {}
     for node in shown:
@@ -218,8 +219,8 @@ def score_text(value: float) -> str:
 
 
 def graph_title(graph: CircuitGraph) -> str:
-    """'Circuit graph · model … · task … · method …' from whichever of those `info` holds (a model given
-    as an absolute path by its folder's name; the page's table keeps the whole path)."""
+    """'Circuit graph · model … · task … · method …' from whichever of those `info` holds (a model
+    given as an absolute path by its folder's name; the page's table keeps the whole path)."""
     shown = {key: str(graph.info[key]) for key in ("model", "task", "method") if key in graph.info}
     if shown.get("model", "").startswith("/"):
         shown["model"] = Path(shown["model"]).name
@@ -367,7 +368,7 @@ def svg_drawing(
     shown = shown_nodes(graph, edges, all_nodes)
     layout = layout_nodes(graph, shown)
     magnitudes = [abs(float(graph.scores[i])) for i in edges]
-    largest = max((m for m in magnitudes if not math.isnan(m)), default=0.0)
+    largest = max((m for m in magnitudes if math.isfinite(m)), default=0.0)
     width, height = f"{layout.width:.0f}", f"{layout.height:.0f}"
     frame = {"width": width, "height": height, "viewBox": f"0 0 {width} {height}"}
     svg = ET.Element("svg", {"xmlns": SVG_NAMESPACE, "class": "circuit-graph", "font-family": FONT, **frame})
