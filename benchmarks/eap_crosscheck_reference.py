@@ -1,0 +1,169 @@
+"""The reference side of `benchmarks/eap_crosscheck.py`: auto-circuit's EAP on a TransformerLens model.
+
+Runs in its own virtualenv (auto-circuit 1.0.1 needs TransformerLens < 4; see
+`docs/circuits-discovery.md`, "Cross-check against auto-circuit") and imports nothing from rama:
+
+    python benchmarks/eap_crosscheck_reference.py --model-dir HF_GPT2_FOLDER --inputs task.pt --out ref.pt
+
+`task.pt` holds `{"batches": [...]}`, each batch plain tensors: `clean`, `corrupted` `[b, pos]`,
+rama's per-prompt metric on the clean prompts (`metric [b]`) and either `half` (induction: mean
+log-probability of the second copy) or `io`, `s` `[b]` (IOI: logit(IO) − logit(S) at the end). It
+
+1. builds a `HookedTransformer` from the Hugging Face GPT-2 folder with TransformerLens's own GPT-2
+   weight conversion and no weight processing (no LayerNorm folding, no centring), and checks its
+   logits against Hugging Face's;
+2. evaluates the task's metric on its own logits (checked against rama's values);
+3. wraps the model with auto-circuit's `patchable_model` (factorized graph, separate q/k/v inputs,
+   every position patched at once) and runs `mask_gradient_prune_scores` at mask value 0 with
+   resample ablation from the corrupted prompts on each batch: auto-circuit's fast EAP (its docs:
+   equal to `edge_attribution_patching_prune_scores` when the mask is 0). The loss is auto-circuit's
+   own (`logprob`/`avg_val` or `logit`/`avg_diff`, minus the batch mean of the metric); the only
+   plumbing is the output slice the induction metric reads (positions `half … 2·half−1`).
+
+It writes one `{edge name: score}` per batch in auto-circuit's names (`A0.1->A1.2.K`, `Resid Start`,
+`MLP 0`, `Resid End`), the parity numbers and the package versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import time
+from typing import Any
+
+import torch
+import transformer_lens as tl
+from auto_circuit.data import PromptDataLoader, PromptDataset
+from auto_circuit.prune_algos.mask_gradient import mask_gradient_prune_scores
+from auto_circuit.types import AblationType
+from auto_circuit.utils.graph_utils import patchable_model
+from transformer_lens.pretrained.weight_conversions.gpt2 import convert_gpt2_weights
+from transformers import GPT2LMHeadModel
+
+GPT2_TO_TL = {  # HookedTransformerConfig field: GPT2Config field
+    "n_layers": "n_layer",
+    "d_model": "n_embd",
+    "n_ctx": "n_positions",
+    "n_heads": "n_head",
+    "d_vocab": "vocab_size",
+    "act_fn": "activation_function",
+    "eps": "layer_norm_epsilon",
+}
+
+
+def tl_from_hf(folder: str) -> tuple[tl.HookedTransformer, GPT2LMHeadModel]:
+    """A HookedTransformer with the GPT-2 folder's weights, unprocessed, and the HF model itself."""
+    hf = GPT2LMHeadModel.from_pretrained(folder, attn_implementation="eager").eval()
+    c = hf.config
+    cfg = tl.HookedTransformerConfig(
+        **{tl_name: getattr(c, hf_name) for tl_name, hf_name in GPT2_TO_TL.items()},
+        d_head=c.n_embd // c.n_head,
+        d_mlp=c.n_inner or 4 * c.n_embd,
+        normalization_type="LN",
+        positional_embedding_type="standard",
+        original_architecture="GPT2LMHeadModel",
+        default_prepend_bos=False,
+        use_attn_result=True,  # auto-circuit: one source node per head
+        use_split_qkv_input=True,  # ... and separate q/k/v destinations per head
+        use_hook_mlp_in=True,
+        seed=0,
+    )
+    model = tl.HookedTransformer(cfg)
+    model.load_and_process_state_dict(
+        convert_gpt2_weights(hf, cfg),
+        fold_ln=False,
+        center_writing_weights=False,
+        center_unembed=False,
+        fold_value_biases=False,
+    )
+    return model.eval(), hf
+
+
+def second_copy_logprob(logits: torch.Tensor, tokens: torch.Tensor, half: int) -> torch.Tensor:
+    """`[n]`: mean log-probability of tokens `half+1 … 2·half` (the second copy) given their prefix."""
+    predicted = logits[:, half : 2 * half].log_softmax(-1)  # [n, half, d_vocab]
+    return predicted.gather(-1, tokens[:, half + 1 :, None])[..., 0].mean(-1)
+
+
+def task_metric(logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+    """`[n]`: the task's metric as rama defines it (induction: second-copy log-prob; IOI: logit(IO) − logit(S) at the end)."""
+    if "half" in batch:
+        return second_copy_logprob(logits, batch["clean"], batch["half"])
+    rows = torch.arange(logits.shape[0])
+    return logits[rows, -1, batch["io"]] - logits[rows, -1, batch["s"]]
+
+
+def parity(
+    model: tl.HookedTransformer, hf: GPT2LMHeadModel, batches: list[dict[str, Any]]
+) -> dict[str, float]:
+    """TL against HF logits on every clean and corrupted prompt, and the metric against rama's."""
+    logit_diff, metric_diff, metrics = 0.0, 0.0, []
+    with torch.no_grad():
+        for batch in batches:
+            for tokens in (batch["clean"], batch["corrupted"]):
+                logit_diff = max(logit_diff, float((model(tokens) - hf(tokens).logits).abs().max()))
+            metric = task_metric(model(batch["clean"]), batch)
+            metric_diff = max(metric_diff, float((metric - batch["metric"]).abs().max()))
+            metrics.append(metric)
+    return {
+        "tl_vs_hf_max_abs_logit_diff": logit_diff,
+        "metric_vs_rama_max_abs_diff": metric_diff,
+        "metric_clean_mean": float(torch.cat(metrics).mean()),
+    }
+
+
+def auto_circuit_eap(patchable: Any, batch: dict[str, Any]) -> dict[str, float]:
+    """`{edge: score}` on one batch: auto-circuit's mask-gradient EAP, loss = −(batch mean of the metric).
+
+    Induction: `logprob` + `avg_val` on positions `half … 2·half−1`, the answers being the tokens
+    those positions predict. IOI: `logit` + `avg_diff` at the last position (IO against S)."""
+    clean = batch["clean"]
+    if "half" in batch:
+        half = batch["half"]
+        answers = wrong = list(clean[:, half + 1 : 2 * half + 1, None])  # per prompt [half, 1]
+        patchable.out_slice = (slice(None), slice(half, 2 * half))  # the positions the metric reads
+        functions = {"grad_function": "logprob", "answer_function": "avg_val"}
+    else:
+        answers, wrong = list(batch["io"][:, None]), list(batch["s"][:, None])
+        patchable.out_slice = (slice(None), -1)  # auto-circuit's own "last_seq"
+        functions = {"grad_function": "logit", "answer_function": "avg_diff"}
+    dataset = PromptDataset(list(clean), list(batch["corrupted"]), answers, wrong)
+    loader = PromptDataLoader(dataset, seq_len=None, diverge_idx=0, batch_size=len(clean), shuffle=False)
+    scores = mask_gradient_prune_scores(
+        patchable,
+        loader,
+        None,
+        mask_val=0.0,
+        ablation_type=AblationType.RESAMPLE,
+        clean_corrupt="corrupt",
+        **functions,  # type: ignore[arg-type]
+    )
+    return {edge.name: float(edge.prune_score(scores)) for edge in patchable.edges}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model-dir", required=True, help="a Hugging Face GPT-2 folder")
+    parser.add_argument("--inputs", required=True, help="the task tensors written by eap_crosscheck.py")
+    parser.add_argument("--out", required=True, help="where to write the scores (.pt)")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    batches = torch.load(args.inputs, weights_only=True)["batches"]
+    model, hf = tl_from_hf(args.model_dir)
+    checks = parity(model, hf, batches)
+    patchable = patchable_model(model, factorized=True, slice_output=None, separate_qkv=True, seq_len=None)
+    started = time.perf_counter()
+    scores = [auto_circuit_eap(patchable, batch) for batch in batches]
+    seconds = time.perf_counter() - started
+    versions = {
+        name: importlib.metadata.version(name)
+        for name in ("auto-circuit", "transformer-lens", "transformers", "torch")
+    }
+    torch.save({"scores": scores, "checks": checks, "seconds": seconds, "versions": versions}, args.out)
+
+
+if __name__ == "__main__":
+    main()
