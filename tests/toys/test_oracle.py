@@ -6,7 +6,7 @@ about the whole clean−corrupted gap, every other edge by less than 1e-5."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from rama.toys.oracle import (
 from rama.toys.toy_transformer import load_ground_truth
 
 Key = tuple[str, str]  # (destination node, port)
-Patch = tuple[slice, torch.Tensor]  # (batch rows, delta [rows, pos, d_model])
+Patch = tuple[slice, Callable[[], torch.Tensor]]  # (batch rows, () -> delta [rows, pos, d_model])
 PORTS = {"q": 0, "k": 1, "v": 2}
 
 
@@ -48,16 +48,16 @@ def oracle() -> tuple[Any, OracleTask, dict[str, Any]]:
     return model, task, truth
 
 
-def node_outputs(model: Any, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Each graph node's write to the residual stream, `[batch, pos, d_model]` (input: the embeddings)."""
-    found: dict[str, torch.Tensor] = {}
-    blocks = model.transformer.h
+@contextmanager
+def capturing(model: Any, found: dict[str, torch.Tensor]) -> Iterator[None]:
+    """While open, each forward pass stores every graph node's write to the residual stream in
+    `found`, `[batch, pos, d_model]` (input: the embeddings)."""
+    blocks, d_head = model.transformer.h, D_MODEL // model.config.n_head
     handles = [blocks[0].ln_1.register_forward_pre_hook(lambda _m, args: found.update(input=args[0]))]
     for layer, block in enumerate(blocks):
 
         def heads(_m: Any, args: tuple[torch.Tensor], layer: int = layer) -> None:
             w_o = blocks[layer].attn.c_proj.weight  # [d_model (z), d_model]
-            d_head = D_MODEL // model.config.n_head
             for h in range(model.config.n_head):
                 part = slice(h * d_head, (h + 1) * d_head)
                 found[f"a{layer}.{h}"] = args[0][..., part] @ w_o[part]
@@ -67,11 +67,21 @@ def node_outputs(model: Any, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
             block.mlp.register_forward_hook(lambda _m, _a, out, n=f"m{layer}": found.update({n: out}))
         )
     try:
-        model(input_ids=tokens)
+        yield
     finally:
         for handle in handles:
             handle.remove()
+
+
+def node_outputs(model: Any, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    found: dict[str, torch.Tensor] = {}
+    with capturing(model, found):
+        model(input_ids=tokens)
     return found
+
+
+def fixed(delta: torch.Tensor) -> Callable[[], torch.Tensor]:
+    return lambda: delta
 
 
 def _norm(module: Any, x: torch.Tensor) -> torch.Tensor:
@@ -81,17 +91,18 @@ def _norm(module: Any, x: torch.Tensor) -> torch.Tensor:
 @contextmanager
 def patched(model: Any, deltas: dict[Key, Patch]) -> Iterator[None]:
     """For each `(node, port): (rows, delta)`, the batch rows `rows` of that node read the residual
-    plus `delta` through that port only (the residual is passed through the node's own norm again)."""
+    plus `delta()` through that port only (the residual is passed through the node's own norm again).
+    `delta` is called when the node reads, so it may use what the same pass has computed so far."""
     blocks, handles = model.transformer.h, []
     for (node, port), (rows, delta) in deltas.items():
         if node == "logits" or node.startswith("m"):
             norm = model.transformer.ln_f if node == "logits" else blocks[int(node[1:])].ln_2
 
             def renorm(
-                m: Any, a: Any, out: torch.Tensor, r: slice = rows, d: torch.Tensor = delta
+                m: Any, a: Any, out: torch.Tensor, r: slice = rows, d: Callable = delta
             ) -> torch.Tensor:
                 out = out.clone()
-                out[r] = _norm(m, a[0][r] + d)
+                out[r] = _norm(m, a[0][r] + d())
                 return out
 
             handles.append(norm.register_forward_hook(renorm))
@@ -109,10 +120,10 @@ def patched(model: Any, deltas: dict[Key, Patch]) -> Iterator[None]:
             s: dict = seen,
             c: slice = slice(start, start + d_head),
             r: slice = rows,
-            d: torch.Tensor = delta,
+            d: Callable = delta,
         ) -> torch.Tensor:
             out = out.clone()
-            out[r, :, c] = _norm(blk.ln_1, s["x"][r] + d) @ m.weight[:, c] + m.bias[c]
+            out[r, :, c] = _norm(blk.ln_1, s["x"][r] + d()) @ m.weight[:, c] + m.bias[c]
             return out
 
         handles.append(block.attn.c_attn.register_forward_hook(swap))
@@ -123,15 +134,23 @@ def patched(model: Any, deltas: dict[Key, Patch]) -> Iterator[None]:
             handle.remove()
 
 
-def edge_deltas(
-    edges: list[Edge], base: dict[str, torch.Tensor], other: dict[str, torch.Tensor]
-) -> dict[Key, Patch]:
-    """Every row reads, through each edge's port, the residual plus the edge's corrupted − clean output."""
-    deltas: dict[Key, Patch] = {}
+def circuit_metric(
+    model: Any, task: OracleTask, run: torch.Tensor, source: torch.Tensor, edges: list[Edge]
+) -> float:
+    """The metric of `run` with every edge in `edges` carrying `source`'s output of its upstream node
+    instead of this pass's own (ACDC's removed edges): delta = source − this pass's output, taken live,
+    so an edge whose upstream node is itself patched is not counted twice."""
+    now: dict[str, torch.Tensor] = {}
+    ups: dict[Key, list[str]] = {}
     for edge in edges:
-        rows, delta = deltas.get((edge.downstream, edge.port), (slice(None), 0))
-        deltas[(edge.downstream, edge.port)] = (rows, delta + other[edge.upstream] - base[edge.upstream])
-    return deltas
+        ups.setdefault((edge.downstream, edge.port), []).append(edge.upstream)
+    with torch.no_grad():
+        other = node_outputs(model, source)
+        deltas: dict[Key, Patch] = {
+            key: (slice(None), lambda us=us: sum(other[u] - now[u] for u in us)) for key, us in ups.items()
+        }
+        with capturing(model, now), patched(model, deltas):
+            return float(task.metric(model(input_ids=run).logits))
 
 
 def patched_metric(
@@ -154,7 +173,7 @@ def edge_effects(model: Any, task: OracleTask, run: torch.Tensor, source: torch.
                 (i, other[edge.upstream] - base[edge.upstream])
             )
         deltas = {
-            key: (slice(got[0][0] * b, (got[-1][0] + 1) * b), torch.cat([d for _, d in got]))
+            key: (slice(got[0][0] * b, (got[-1][0] + 1) * b), fixed(torch.cat([d for _, d in got])))
             for key, got in parts.items()
         }
         with patched(model, deltas):
@@ -166,8 +185,11 @@ def edge_effects(model: Any, task: OracleTask, run: torch.Tensor, source: torch.
 
 def test_the_oracle_does_its_task_as_computed_by_hand(oracle: tuple[Any, OracleTask, dict[str, Any]]) -> None:
     model, task, truth = oracle
-    model.config._attn_implementation = "eager"  # for the attention weights
-    out = model(input_ids=task.clean_tokens, output_attentions=True)
+    model.set_attn_implementation("eager")  # for the attention weights
+    try:
+        out = model(input_ids=task.clean_tokens, output_attentions=True)
+    finally:
+        model.set_attn_implementation("sdpa")
     previous = out.attentions[0][:, 1]  # [batch, q, k]: a0.1, one-hot on the previous position
     assert torch.equal(previous[:, 1:], torch.eye(6)[:-1].expand(len(task.clean), 5, 6))
     target = math.exp(SOFT_SCORE) / (math.exp(SOFT_SCORE) + 5)  # 6 positions, one scores SOFT_SCORE
@@ -208,26 +230,40 @@ def test_the_distractors_change_but_nothing_reads_them(
 def test_the_patching_helper_recovers_the_clean_and_the_corrupted_run(
     oracle: tuple[Any, OracleTask, dict[str, Any]],
 ) -> None:
-    """Zero deltas leave the clean run as it is; patching every edge into `logits` hands ln_f the
-    corrupted residual (one destination: no patched edge feeds another)."""
     model, task, truth = oracle
-    graph = model_graph(2, 4)
-    into_logits = [e for e in graph.edges if e.downstream == "logits"]
-    with torch.no_grad():
-        clean, corrupted = node_outputs(model, task.clean_tokens), node_outputs(model, task.corrupted_tokens)
-        nothing = edge_deltas(graph.edges, clean, clean)
-        assert float(patched_metric(model, task, task.clean_tokens, nothing)) == truth["clean_metric"]
-        final = float(
-            patched_metric(model, task, task.clean_tokens, edge_deltas(into_logits, clean, corrupted))
-        )
-    assert final == pytest.approx(truth["corrupted_metric"], abs=1e-5)
+    clean, corrupted, edges = task.clean_tokens, task.corrupted_tokens, model_graph(2, 4).edges
+    assert circuit_metric(model, task, clean, clean, edges) == truth["clean_metric"]  # patches of nothing
+    assert circuit_metric(model, task, clean, corrupted, edges) == pytest.approx(
+        truth["corrupted_metric"], abs=1e-5
+    )
+    assert circuit_metric(model, task, corrupted, clean, edges) == pytest.approx(
+        truth["clean_metric"], abs=1e-5
+    )
 
 
+def test_the_true_edges_alone_are_the_whole_circuit(oracle: tuple[Any, OracleTask, dict[str, Any]]) -> None:
+    """Faithfulness 1: with every other edge removed (corrupted) the metric stays clean, and removing
+    the four true edges together gives the corrupted metric."""
+    model, task, truth = oracle
+    edges = model_graph(2, 4).edges
+    others = [e for e in edges if e.name not in TRUE_EDGES]
+    true = [e for e in edges if e.name in TRUE_EDGES]
+    clean, corrupted = task.clean_tokens, task.corrupted_tokens
+    assert circuit_metric(model, task, clean, corrupted, others) == pytest.approx(
+        truth["clean_metric"], abs=1e-5
+    )
+    assert circuit_metric(model, task, clean, corrupted, true) == pytest.approx(
+        truth["corrupted_metric"], abs=1e-5
+    )
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
 @pytest.mark.parametrize("direction", ["noising", "denoising"])
 def test_only_the_true_edges_carry_the_task(
-    oracle: tuple[Any, OracleTask, dict[str, Any]], direction: str
+    oracle: tuple[Any, OracleTask, dict[str, Any]], direction: str, attention: str
 ) -> None:
-    model, task, truth = oracle
+    model, task, truth = build_oracle()[0], oracle[1], oracle[2]
+    model.set_attn_implementation(attention)
     run, source = (task.clean_tokens, task.corrupted_tokens)
     if direction == "denoising":
         run, source = source, run
@@ -265,7 +301,9 @@ def test_first_order_edge_scores_rank_the_true_edges_first(
     zeros = {
         (e.downstream, e.port): torch.zeros_like(clean["input"], requires_grad=True) for e in graph.edges
     }
-    patched_metric(model, task, task.clean_tokens, {k: (slice(None), z) for k, z in zeros.items()}).backward()
+    patched_metric(
+        model, task, task.clean_tokens, {k: (slice(None), fixed(z)) for k, z in zeros.items()}
+    ).backward()
     scores = {
         e.name: float(
             (zeros[(e.downstream, e.port)].grad * (corrupted[e.upstream] - clean[e.upstream])).sum()
