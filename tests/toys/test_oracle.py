@@ -29,7 +29,7 @@ from rama.toys.oracle import (
     UNEMBED,
     OracleTask,
     build_oracle,
-    direction,
+    oracle_direction,
     oracle_prompts,
     residual_basis,
     save_oracle,
@@ -283,7 +283,7 @@ def test_the_edge_check_catches_a_model_whose_distractor_is_read() -> None:
     basis = residual_basis()
     with torch.no_grad():
         for word in range(N_VOCAB):
-            model.lm_head.weight[word] += 0.1 * basis[:, direction("self2", word)]
+            model.lm_head.weight[word] += 0.1 * basis[:, oracle_direction("self2", word)]
     effects = edge_effects(model, task, task.clean_tokens, task.corrupted_tokens)
     leaks = {name for name, effect in effects.items() if name not in TRUE_EDGES and abs(effect) > 1e-3}
     assert leaks == {"input->a0.0<v>", "a0.0->a1.3<v>", "a1.3->logits"}

@@ -100,7 +100,7 @@ D_MODEL = N_HEADS * D_HEAD
 assert 2 * N_DIRECTIONS <= D_MODEL, "every residual direction needs two dimensions"
 
 
-def direction(block: str, index: int = 0) -> int:
+def oracle_direction(block: str, index: int = 0) -> int:
     """Index of one residual direction: direction k is dimensions (2k, 2k+1) holding (+c, −c)."""
     return OFFSETS[block] + index
 
@@ -136,23 +136,27 @@ class HeadSpec:
         `query`/`key` are (direction, head dim) pairs; a query read from `bias` is divided by BIAS.
         GPT-2 divides q·k by √d_head, and both sides carry the norm's scale."""
         for d, j in query:
-            self.q[d, j] = score * math.sqrt(D_HEAD) / scale**2 / (BIAS if d == direction("bias") else 1.0)
+            self.q[d, j] = (
+                score * math.sqrt(D_HEAD) / scale**2 / (BIAS if d == oracle_direction("bias") else 1.0)
+            )
         for d, j in key:
             self.k[d, j] = 1.0
 
-    def copy(self, source: str, target: str, scale: float, size: int = N_VOCAB) -> None:
+    def copy_block(self, source: str, target: str, scale: float, size: int = N_VOCAB) -> None:
         """Values read block `source`, the output writes the same coefficients into block `target`."""
         for i in range(size):
-            self.v[direction(source, i), i] = 1.0
-            self.o[i, direction(target, i)] = 1.0 / scale
+            self.v[oracle_direction(source, i), i] = 1.0
+            self.o[i, oracle_direction(target, i)] = 1.0 / scale
 
 
 def positional_head(back: int, source: str, target: str, scale: float) -> HeadSpec:
     """One-hot attention from position t to t − back (to 0 when t < back), copying `source` → `target`."""
     head = HeadSpec()
-    head.attend([(direction("position", t), max(t - back, 0)) for t in range(N_CTX)], [], HARD_SCORE, scale)
-    head.attend([], [(direction("position", s), s) for s in range(N_CTX)], HARD_SCORE, scale)
-    head.copy(source, target, scale)
+    head.attend(
+        [(oracle_direction("position", t), max(t - back, 0)) for t in range(N_CTX)], [], HARD_SCORE, scale
+    )
+    head.attend([], [(oracle_direction("position", s), s) for s in range(N_CTX)], HARD_SCORE, scale)
+    head.copy_block(source, target, scale)
     return head
 
 
@@ -160,16 +164,20 @@ def layer_heads() -> list[list[HeadSpec]]:
     """The eight heads, `[layer][head]`, as described in the module docstring."""
     s0, s1 = layer_norm_scale(2), layer_norm_scale(5)  # token + position; + a0.0, a0.1, a0.2
     bos = HeadSpec()
-    bos.attend([(direction("bias"), 0)], [(direction("position", 0), 0)], HARD_SCORE, s0)
-    bos.v[direction("token", BOS_ID), 0] = 1.0
-    bos.o[0, direction("bos")] = 1.0 / s0
+    bos.attend([(oracle_direction("bias"), 0)], [(oracle_direction("position", 0), 0)], HARD_SCORE, s0)
+    bos.v[oracle_direction("token", BOS_ID), 0] = 1.0
+    bos.o[0, oracle_direction("bos")] = 1.0 / s0
     mover = HeadSpec()
-    mover.attend([(direction("bias"), 0)], [(direction("previous", _id(MARKER)), 0)], SOFT_SCORE, s1)
-    mover.copy("token", "answer", s1)
+    mover.attend(
+        [(oracle_direction("bias"), 0)], [(oracle_direction("previous", _word_id(MARKER)), 0)], SOFT_SCORE, s1
+    )
+    mover.copy_block("token", "answer", s1)
     finder = HeadSpec()
-    finder.attend([(direction("bias"), 0)], [(direction("token", _id(MARKER)), 0)], SOFT_SCORE, s1)
-    finder.v[direction("bias"), 0] = 1.0
-    finder.o[0, direction("marker")] = 1.0 / (s1 * BIAS)
+    finder.attend(
+        [(oracle_direction("bias"), 0)], [(oracle_direction("token", _word_id(MARKER)), 0)], SOFT_SCORE, s1
+    )
+    finder.v[oracle_direction("bias"), 0] = 1.0
+    finder.o[0, oracle_direction("marker")] = 1.0 / (s1 * BIAS)
     layer0 = [
         positional_head(0, "token", "self", s0),
         positional_head(1, "token", "previous", s0),
@@ -185,7 +193,7 @@ def layer_heads() -> list[list[HeadSpec]]:
     return [layer0, layer1]
 
 
-def _id(word: str) -> int:
+def _word_id(word: str) -> int:
     return len(SPECIAL_TOKENS) + ORACLE_WORDS.index(word)
 
 
@@ -222,10 +230,10 @@ def oracle_model() -> Any:
         if name.endswith(("ln_1", "ln_2", "ln_f")):
             module.weight.fill_(1.0)
     tokens = torch.zeros(N_VOCAB, N_DIRECTIONS)
-    tokens[torch.arange(N_VOCAB), direction("token") + torch.arange(N_VOCAB)] = 1.0
+    tokens[torch.arange(N_VOCAB), oracle_direction("token") + torch.arange(N_VOCAB)] = 1.0
     positions = torch.zeros(N_CTX, N_DIRECTIONS)
-    positions[torch.arange(N_CTX), direction("position") + torch.arange(N_CTX)] = 1.0
-    positions[:, direction("bias")] = BIAS
+    positions[torch.arange(N_CTX), oracle_direction("position") + torch.arange(N_CTX)] = 1.0
+    positions[:, oracle_direction("bias")] = BIAS
     model.transformer.wte.weight.copy_(tokens @ basis.T)
     model.transformer.wpe.weight.copy_(positions @ basis.T)
     for block, heads in zip(model.transformer.h, layer_heads(), strict=True):
@@ -235,7 +243,7 @@ def oracle_model() -> Any:
                 block.attn.c_attn.weight[:, part * D_MODEL :][:, cols] = basis @ read / 2.0
             block.attn.c_proj.weight[cols] = head.o @ basis.T
     answer = torch.zeros(N_VOCAB, N_DIRECTIONS)
-    answer[torch.arange(N_VOCAB), direction("answer") + torch.arange(N_VOCAB)] = UNEMBED / 2.0
+    answer[torch.arange(N_VOCAB), oracle_direction("answer") + torch.arange(N_VOCAB)] = UNEMBED / 2.0
     model.lm_head.weight.copy_(answer @ basis.T)  # [vocab, d_model]: reads only `answer`
     return model.eval()
 
@@ -265,11 +273,11 @@ def oracle_prompts(n_pairs: int = 12, seed: int = 0) -> list[tuple[list[str], li
     for _ in range(n_pairs):
         words = [CONTENT_WORDS[i] for i in torch.randperm(len(CONTENT_WORDS), generator=generator)]
         slots = torch.randperm(N_SLOTS - 1, generator=generator)[:2].tolist()
-        pairs.append((_fill(words[:3], slots[0]), _fill(words[3:], slots[1])))
+        pairs.append((_with_marker(words[:3], slots[0]), _with_marker(words[3:], slots[1])))
     return pairs
 
 
-def _fill(words: list[str], marker_slot: int) -> list[str]:
+def _with_marker(words: list[str], marker_slot: int) -> list[str]:
     return [*words[:marker_slot], MARKER, *words[marker_slot:], END]
 
 
