@@ -115,10 +115,9 @@ def task_tensors(task: Any, model: Any) -> list[dict[str, Any]]:
         ]
 
 
-def rama_side(kind: str, n: int, half: int, batch: int) -> tuple[Any, list[dict[str, Any]], Path]:
-    """rama's EAP graph, the task's batches as plain tensors, and the toy's HF folder."""
+def rama_side(kind: str, n: int, half: int, batch: int) -> tuple[Any, Any, list[dict[str, Any]], Path]:
+    """The toy, the task, the task's batches as plain tensors, and the toy's HF folder."""
     import rama
-    from rama.circuits.discovery import eap
     from rama.circuits.ioi_prompts import ioi_prompts
     from rama.circuits.tasks import induction_task, ioi_task
     from rama.toys.ioi import TEMPLATES
@@ -149,26 +148,38 @@ def rama_side(kind: str, n: int, half: int, batch: int) -> tuple[Any, list[dict[
         batches = [
             {**b, "io": i, "s": j} for b, i, j in zip(batches, io.split(sizes), s.split(sizes), strict=True)
         ]
-    return eap(model, task, progress=False), batches, folder
+    return model, task, batches, folder
 
 
-def run_reference(python: str, folder: Path, batches: list[dict[str, Any]]) -> dict[str, Any]:
+def run_reference(
+    python: str, folder: Path, batches: list[dict[str, Any]], sizes: list[int]
+) -> dict[str, Any]:
     """auto-circuit's scores and checks, from the reference virtualenv (a subprocess)."""
     from rama.errors import ConfigError
 
     with tempfile.TemporaryDirectory(prefix="eap-crosscheck-") as scratch:
         inputs, out = Path(scratch) / "task.pt", Path(scratch) / "reference.pt"
         torch.save({"batches": batches}, inputs)
-        command = [python, str(REFERENCE_SCRIPT), "--model-dir", str(folder), "--inputs", str(inputs)]
+        command = [
+            python,
+            str(REFERENCE_SCRIPT),
+            "--model-dir",
+            str(folder),
+            "--inputs",
+            str(inputs),
+            "--out",
+            str(out),
+        ]
+        command += ["--sizes", *map(str, sizes)]
         try:
-            done = subprocess.run([*command, "--out", str(out)], capture_output=True, text=True, timeout=1800)
+            done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
         except OSError as error:
             raise ConfigError(f"cannot run --reference-python {python!r}: {error}") from error
         if done.returncode != 0 or not out.exists():
             tail = "\n".join(done.stderr.strip().splitlines()[-15:])
             raise ConfigError(
-                f"the reference script failed (exit {done.returncode}) under {python}; is auto-circuit installed "
-                f"there (see docs/circuits-discovery.md)?\n{tail}"
+                f"the reference script failed (exit {done.returncode}) under {python} (a virtualenv with auto-circuit: "
+                f"see docs/circuits-discovery.md):\n{tail}"
             )
         return dict(torch.load(out, weights_only=True))
 
@@ -184,28 +195,83 @@ def in_rama_units(per_batch: list[dict[str, float]], sizes: list[int]) -> dict[s
     return total
 
 
+def patched_circuits(model: Any, task: Any, graph: Any, sizes: list[int]) -> dict[int, Any]:
+    """rama's circuits of the k edges of largest |score| (unpruned) and the metric with every other
+    edge patched to the corrupted prompt (`circuit_faithfulness`)."""
+    from rama.circuits.faithfulness import circuit_faithfulness, top_edges
+
+    result = {}
+    for k in sizes:
+        circuit = top_edges(graph, k, pruned=False)
+        kept = circuit_faithfulness(model, task, circuit)
+        edges = [e.name for e in circuit.circuit_edges()]
+        result[k] = {"faithfulness": kept, "edges": edges}
+    return result
+
+
+def compare_circuits(ours: dict[int, Any], theirs: dict[int, Any]) -> list[dict[str, Any]]:
+    """Per circuit size: the same edges? the metric with everything else patched, on both sides."""
+    rows = []
+    for k, mine in ours.items():
+        other = theirs[k]
+        faith = mine["faithfulness"]
+        same = set(mine["edges"]) == {rama_edge_name(name) for name in other["edges"]}
+        row = {
+            "edges": k,
+            "same_edges": same,
+            "metric_rama": faith.circuit,
+            "metric_reference": other["metric"],
+        }
+        row["abs_diff"] = abs(faith.circuit - other["metric"])
+        row["faithfulness_rama"] = round(faith.normalised, 6)
+        row["faithfulness_reference"] = round(
+            (other["metric"] - faith.corrupted) / (faith.clean - faith.corrupted), 6
+        )
+        rows.append(row)
+    return rows
+
+
 def crosscheck(kind: str, args: argparse.Namespace) -> dict[str, Any]:
-    graph, batches, folder = rama_side(kind, args.n, args.half, args.batch)
-    reference = run_reference(args.reference_python, folder, batches)
+    from rama.circuits.discovery import eap
+
+    model, task, batches, folder = rama_side(kind, args.n, args.half, args.batch)
+    graph = eap(model, task, progress=False)
+    live = int((graph.scores != 0).sum())  # past these, circuits differ only in which zero-score edges tie in
+    sizes = [k for k in args.sizes if k <= live]
+    reference = run_reference(args.reference_python, folder, batches, sizes)
     ours = {edge.name: float(score) for edge, score in zip(graph.edges, graph.scores.tolist(), strict=True)}
-    sizes = [len(b["clean"]) for b in batches]
-    theirs = in_rama_units(reference["scores"], sizes)
+    batch_sizes = [len(b["clean"]) for b in batches]
+    theirs = in_rama_units(reference["scores"], batch_sizes)
     stats = compare(ours, theirs, [5, 10, 20])
-    print(f"\n== {kind}: {folder.name}, {sum(sizes)} prompts in batches of {sizes} ==")
+    print(f"\n== {kind}: {folder.name}, {task.n_prompts} prompts in batches of {batch_sizes} ==")
     print_table(ours, theirs, {**reference["checks"], **stats}, 20)
+    circuits = compare_circuits(patched_circuits(model, task, graph, sizes), reference["circuits"])
+    print_circuits(circuits)
     return {
         "model": f"{folder.name} (rama.toys.zoo.pretrained)",
-        "prompts": sum(sizes),
-        "batches": sizes,
+        "prompts": task.n_prompts,
+        "batches": batch_sizes,
         "rama_seconds": graph.info["seconds"],
         "reference_seconds": round(reference["seconds"], 2),
         "reference_versions": reference["versions"],
         "checks": reference["checks"],
         "comparison": stats,
+        "circuits": circuits,
         "scores": {
             name: [ours[name], theirs.get(name)] for name in sorted(ours, key=lambda n: -abs(ours[n]))
         },
     }
+
+
+def print_circuits(rows: list[dict[str, Any]]) -> None:
+    print(
+        f"\n{'edges':>6} {'same':>5} {'metric rama':>12} {'auto-circuit':>13} {'|diff|':>9} {'faithfulness':>12}"
+    )
+    for row in rows:
+        print(
+            f"{row['edges']:>6} {row['same_edges']!s:>5} {row['metric_rama']:>12.5f} "
+            f"{row['metric_reference']:>13.5f} {row['abs_diff']:>9.2e} {row['faithfulness_rama']:>12.4f}"
+        )
 
 
 def print_table(ours: dict[str, float], theirs: dict[str, float], stats: dict[str, Any], rows: int) -> None:
@@ -230,6 +296,9 @@ def main() -> None:
     parser.add_argument("--half", type=int, default=10, help="tokens in each copy")
     parser.add_argument("--batch", type=int, default=16, help="prompts per batch (at most)")
     parser.add_argument("--tasks", nargs="+", default=["induction", "ioi"], choices=["induction", "ioi"])
+    parser.add_argument(
+        "--sizes", type=int, nargs="*", default=[1, 5, 10, 20, 50, 100], help="circuit sizes to patch"
+    )
     parser.add_argument("--out", default="benchmarks/results/eap_crosscheck.json")
     args = parser.parse_args()
     torch.set_num_threads(2)

@@ -34,8 +34,9 @@ from typing import Any
 import torch
 import transformer_lens as tl
 from auto_circuit.data import PromptDataLoader, PromptDataset
+from auto_circuit.prune import run_circuits
 from auto_circuit.prune_algos.mask_gradient import mask_gradient_prune_scores
-from auto_circuit.types import AblationType
+from auto_circuit.types import AblationType, PatchType
 from auto_circuit.utils.graph_utils import patchable_model
 from transformer_lens.pretrained.weight_conversions.gpt2 import convert_gpt2_weights
 from transformers import GPT2LMHeadModel
@@ -112,8 +113,8 @@ def parity(
     }
 
 
-def auto_circuit_eap(patchable: Any, batch: dict[str, Any]) -> dict[str, float]:
-    """`{edge: score}` on one batch: auto-circuit's mask-gradient EAP, loss = −(batch mean of the metric).
+def batch_loader(patchable: Any, batch: dict[str, Any]) -> tuple[PromptDataLoader, dict[str, str]]:
+    """One batch as auto-circuit's loader, the model's output slice set for its metric, and the loss.
 
     Induction: `logprob` + `avg_val` on positions `half … 2·half−1`, the answers being the tokens
     those positions predict. IOI: `logit` + `avg_diff` at the last position (IO against S)."""
@@ -129,7 +130,14 @@ def auto_circuit_eap(patchable: Any, batch: dict[str, Any]) -> dict[str, float]:
         functions = {"grad_function": "logit", "answer_function": "avg_diff"}
     dataset = PromptDataset(list(clean), list(batch["corrupted"]), answers, wrong)
     loader = PromptDataLoader(dataset, seq_len=None, diverge_idx=0, batch_size=len(clean), shuffle=False)
-    scores = mask_gradient_prune_scores(
+    return loader, functions
+
+
+def auto_circuit_eap(patchable: Any, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """auto-circuit's mask-gradient EAP on one batch (`PruneScores`: receiving module -> scores),
+    loss = −(batch mean of the metric)."""
+    loader, functions = batch_loader(patchable, batch)
+    return mask_gradient_prune_scores(
         patchable,
         loader,
         None,
@@ -138,7 +146,35 @@ def auto_circuit_eap(patchable: Any, batch: dict[str, Any]) -> dict[str, float]:
         clean_corrupt="corrupt",
         **functions,  # type: ignore[arg-type]
     )
-    return {edge.name: float(edge.prune_score(scores)) for edge in patchable.edges}
+
+
+def sliced_metric(out: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+    """`[b]`: the metric from the logits auto-circuit returns (already cut by `out_slice`)."""
+    if "half" in batch:
+        half = batch["half"]
+        predicted = out.log_softmax(-1)  # [b, half, d_vocab]
+        return predicted.gather(-1, batch["clean"][:, half + 1 :, None])[..., 0].mean(-1)
+    rows = torch.arange(out.shape[0])
+    return out[rows, batch["io"]] - out[rows, batch["s"]]  # out: [b, d_vocab] at the last position
+
+
+def circuits(
+    patchable: Any, batches: list[dict[str, Any]], scores: dict[str, torch.Tensor], sizes: list[int]
+) -> dict[int, dict[str, Any]]:
+    """For each size k: auto-circuit's circuit of the k edges of largest |score| (its `run_circuits`
+    with `TREE_PATCH`: every other edge reads the corrupted prompt's value), the metric's mean over
+    all prompts with it, and its edges."""
+    ranked = sorted(patchable.edges, key=lambda e: -abs(float(e.prune_score(scores))))
+    totals: dict[int, float] = dict.fromkeys(sizes, 0.0)
+    for batch in batches:
+        loader, _ = batch_loader(patchable, batch)
+        outputs = run_circuits(patchable, loader, sizes, scores, PatchType.TREE_PATCH, AblationType.RESAMPLE)
+        assert sorted(outputs) == sorted(sizes), f"tied scores: kept {sorted(outputs)} for {sizes}"
+        for k, by_key in outputs.items():
+            (out,) = by_key.values()
+            totals[k] += float(sliced_metric(out, batch).sum())
+    n = sum(len(b["clean"]) for b in batches)
+    return {k: {"metric": totals[k] / n, "edges": [e.name for e in ranked[:k]]} for k in sizes}
 
 
 def main() -> None:
@@ -148,6 +184,7 @@ def main() -> None:
     parser.add_argument("--model-dir", required=True, help="a Hugging Face GPT-2 folder")
     parser.add_argument("--inputs", required=True, help="the task tensors written by eap_crosscheck.py")
     parser.add_argument("--out", required=True, help="where to write the scores (.pt)")
+    parser.add_argument("--sizes", type=int, nargs="*", default=[], help="circuit sizes to run with patching")
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(2)
@@ -156,13 +193,23 @@ def main() -> None:
     checks = parity(model, hf, batches)
     patchable = patchable_model(model, factorized=True, slice_output=None, separate_qkv=True, seq_len=None)
     started = time.perf_counter()
-    scores = [auto_circuit_eap(patchable, batch) for batch in batches]
+    per_batch = [auto_circuit_eap(patchable, batch) for batch in batches]
     seconds = time.perf_counter() - started
+    n = sum(len(b["clean"]) for b in batches)
+    total = {  # the mean over prompts (up to sign) ranks the circuits: batches weighted by their size
+        module: sum(
+            len(b["clean"]) / n * scores[module] for b, scores in zip(batches, per_batch, strict=True)
+        )
+        for module in per_batch[0]
+    }
+    named = [{e.name: float(e.prune_score(scores)) for e in patchable.edges} for scores in per_batch]
     versions = {
         name: importlib.metadata.version(name)
         for name in ("auto-circuit", "transformer-lens", "transformers", "torch")
     }
-    torch.save({"scores": scores, "checks": checks, "seconds": seconds, "versions": versions}, args.out)
+    result = {"scores": named, "checks": checks, "seconds": seconds, "versions": versions}
+    result["circuits"] = circuits(patchable, batches, total, args.sizes)
+    torch.save(result, args.out)
 
 
 if __name__ == "__main__":
