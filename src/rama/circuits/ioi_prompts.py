@@ -229,10 +229,7 @@ def _group(
     while len(rows) < count:
         attempts += 1
         if attempts > 20 * count + 50:
-            raise InputError(
-                f"IOI template {template!r} does not tokenize word by word with this tokenizer (a name, "
-                "place or object merges with its neighbours); rephrase it or leave it out"
-            )
+            raise template_error(encoder, template, words)
         order = orders[len(rows) % len(orders)]
         values, abc, io, s = _draw(rng, words, order)
         clean, corrupted = encoder.encode(template, values), encoder.encode(template, abc)
@@ -264,6 +261,22 @@ def _group(
         texts=[r[2] for r in rows],
         corrupted_texts=[r[3] for r in rows],
         orders=[r[4] for r in rows],
+    )
+
+
+def template_error(encoder: _Encoder, template: str, words: _Words) -> InputError:
+    """Why no draw of a template tokenized piece by piece: unknown words, or merges across a field."""
+    values = {"A": words.names[0], "B": words.names[1], "S": words.names[1]}
+    text = template.format(P=(words.places or [""])[0], O=(words.objects or [""])[0], **values)
+    unknown = [w for w in text.split() if encoder.unk is not None and encoder.unk in encoder.ids(" " + w)]
+    if unknown:
+        return InputError(
+            f"IOI template {template!r}: this tokenizer does not know {unknown} (it reads them as its unknown "
+            "token); use templates written in its vocabulary"
+        )
+    return InputError(
+        f"IOI template {template!r} does not tokenize word by word with this tokenizer (a name, place or "
+        "object merges with its neighbours); rephrase it or leave it out"
     )
 
 

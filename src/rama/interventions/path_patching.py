@@ -170,9 +170,10 @@ def path_patching_senders(
     metric: Metric,
     receivers: Sequence[Receiver],
     direction: str = "noising",
+    senders: Sequence[Head] | None = None,
 ) -> PatchResult:
-    """Every head before the receivers as a lone sender: `values [layer, head]` (NaN where a head
-    cannot send, at or after a receiver's layer)."""
+    """Every head before the receivers (or each of `senders`) as a lone sender: `values [layer, head]`
+    (NaN where a head cannot send, at or after a receiver's layer, or is not among `senders`)."""
     clean_tokens, other_tokens, base_tokens = source_and_target(model, clean, corrupted, direction)
     corrupted_tokens = other_tokens if direction == "noising" else base_tokens
     with torch.no_grad():  # first, so a metric that cannot be used fails before the sweep
@@ -184,12 +185,12 @@ def path_patching_senders(
     )  # once for all
     last = min((r.layer for r in receivers if r.input != "logits"), default=model.cfg.n_layers)
     values = torch.full((model.cfg.n_layers, model.cfg.n_heads), float("nan"))
-    for layer in range(last):
-        for head in range(model.cfg.n_heads):
-            _check(model, [(layer, head)], receivers)
-            values[layer, head] = _patch_paths(
-                model, base_tokens, base, other, metric, [(layer, head)], receivers
-            )
+    every = [(layer, head) for layer in range(last) for head in range(model.cfg.n_heads)]
+    for layer, head in every if senders is None else senders:
+        _check(model, [(layer, head)], receivers)
+        values[layer, head] = _patch_paths(
+            model, base_tokens, base, other, metric, [(layer, head)], receivers
+        )
     return PatchResult(
         values=values,
         dims=("layer", "head"),
