@@ -129,21 +129,16 @@ def rama_side(kind: str, n: int, half: int, batch: int) -> tuple[Any, Any, list[
         task = induction_task(model, n=n, half=half, batch_size=batch)
         batches = [{**b, "half": half} for b in task_tensors(task, model)]
     else:
-        with (
-            warnings.catch_warnings()
-        ):  # the toy's vocabulary lacks some of the generator's places and objects
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the toy's vocabulary lacks some of the generator's places
             task = ioi_task(model, n=n, batch_size=batch, template_set=TEMPLATES)
             groups = ioi_prompts(model.tokenizer, n, 0, template_set=TEMPLATES)
         batches = task_tensors(task, model)
-        assert all(
-            b.positions.eq(b.clean.shape[1] - 1).all() for b in task.batches
-        )  # the metric reads the end
+        # the metric reads the last position; the generator's groups are the task's rows, in order
+        assert all(b.positions.eq(b.clean.shape[1] - 1).all() for b in task.batches)
+        rows = torch.cat([g.clean.flatten() for g in groups])
+        assert torch.equal(rows, torch.cat([b.clean.flatten() for b in task.batches]))
         io, s = torch.cat([g.io for g in groups]), torch.cat([g.s for g in groups])
-        assert torch.equal(
-            torch.cat([g.clean.flatten() for g in groups]),
-            torch.cat([b.clean.flatten() for b in task.batches]),
-        )
         sizes = [len(b["clean"]) for b in batches]
         batches = [
             {**b, "io": i, "s": j} for b, i, j in zip(batches, io.split(sizes), s.split(sizes), strict=True)
@@ -160,17 +155,8 @@ def run_reference(
     with tempfile.TemporaryDirectory(prefix="eap-crosscheck-") as scratch:
         inputs, out = Path(scratch) / "task.pt", Path(scratch) / "reference.pt"
         torch.save({"batches": batches}, inputs)
-        command = [
-            python,
-            str(REFERENCE_SCRIPT),
-            "--model-dir",
-            str(folder),
-            "--inputs",
-            str(inputs),
-            "--out",
-            str(out),
-        ]
-        command += ["--sizes", *map(str, sizes)]
+        command = [python, str(REFERENCE_SCRIPT), "--model-dir", str(folder), "--inputs", str(inputs)]
+        command += ["--out", str(out), "--sizes", *map(str, sizes)]
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
         except OSError as error:

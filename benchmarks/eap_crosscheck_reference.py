@@ -80,18 +80,10 @@ def tl_from_hf(folder: str) -> tuple[tl.HookedTransformer, GPT2LMHeadModel]:
     return model.eval(), hf
 
 
-def second_copy_logprob(logits: torch.Tensor, tokens: torch.Tensor, half: int) -> torch.Tensor:
-    """`[n]`: mean log-probability of tokens `half+1 … 2·half` (the second copy) given their prefix."""
-    predicted = logits[:, half : 2 * half].log_softmax(-1)  # [n, half, d_vocab]
-    return predicted.gather(-1, tokens[:, half + 1 :, None])[..., 0].mean(-1)
-
-
 def task_metric(logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
-    """`[n]`: the task's metric as rama defines it (induction: second-copy log-prob; IOI: logit(IO) − logit(S) at the end)."""
-    if "half" in batch:
-        return second_copy_logprob(logits, batch["clean"], batch["half"])
-    rows = torch.arange(logits.shape[0])
-    return logits[rows, -1, batch["io"]] - logits[rows, -1, batch["s"]]
+    """`[n]`: the task's metric as rama defines it, from full logits `[n, pos, d_vocab]`."""
+    half = batch.get("half")
+    return sliced_metric(logits[:, half : 2 * half] if half else logits[:, -1], batch)
 
 
 def parity(
@@ -149,7 +141,9 @@ def auto_circuit_eap(patchable: Any, batch: dict[str, Any]) -> dict[str, torch.T
 
 
 def sliced_metric(out: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
-    """`[b]`: the metric from the logits auto-circuit returns (already cut by `out_slice`)."""
+    """`[b]`: the metric from the logits at the positions it reads (auto-circuit's `out_slice`).
+    Induction: mean log-probability of the second copy, tokens `half+1 … 2·half`, predicted at
+    `half … 2·half−1`; IOI: logit(IO) − logit(S) at the last position."""
     if "half" in batch:
         half = batch["half"]
         predicted = out.log_softmax(-1)  # [b, half, d_vocab]
