@@ -3,6 +3,7 @@ corruptions of equal length, and clear errors for names a tokenizer splits."""
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import pytest
@@ -144,3 +145,14 @@ def test_logit_difference_and_accuracy_by_hand() -> None:
     logits[0, end - 1, group.s[0]] = 50.0  # another position is not read
     assert ioi_logit_difference(logits, group).tolist() == [3.5, -0.5]
     assert ioi_accuracy(logits, group) == (0.5, 0.5)
+
+
+@pytest.mark.slow
+def test_smollm2s_tokenizer_keeps_every_built_in_word_whole(smollm: Any) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no built-in name, place or object is dropped for SmolLM2
+        groups = ioi_prompts(smollm.tokenizer, 20)
+    assert len(groups) == len(REAL_TEMPLATES)
+    for group in groups:
+        check_group(group, smollm.tokenizer, bos=None)  # SmolLM2's tokenizer adds no BOS
+        assert smollm.tokenizer.decode([int(group.io[0])]).startswith(" ")  # the answer with its space

@@ -21,7 +21,7 @@ from rama.circuits.ioi_search import (
 )
 from rama.errors import ConfigError, InputError
 from rama.interventions.ablation import mean_ablation
-from rama.interventions.path_patching import Receiver, path_patch
+from rama.interventions.path_patching import Receiver, path_patch, path_patching_senders
 from rama.models.sites import block_site
 from rama.toys import ioi as toy_ioi
 from rama.toys import load_ground_truth, pretrained
@@ -113,6 +113,16 @@ def test_effects_are_path_patching_relative_to_the_clean_logit_difference(
     assert found.logit_difference == pytest.approx(sum(clean) / n, rel=1e-5)
     expected = (sum(patched) / n - sum(clean) / n) / (sum(clean) / n)
     assert float(found.effects["logits"][1, 2]) == pytest.approx(expected, rel=1e-4)
+    group, receivers = groups[0], [Receiver(1, 2, "q")]  # a chosen sender list: those entries, NaN elsewhere
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        return ioi_logit_difference(logits, group).mean()
+
+    full = path_patching_senders(toy, group.clean, group.corrupted, metric, receivers).values
+    chosen = path_patching_senders(
+        toy, group.clean, group.corrupted, metric, receivers, senders=[(0, 1)]
+    ).values
+    assert float(chosen[0, 1]) == float(full[0, 1]) and int(torch.isnan(chosen).sum()) == 11
     queries = found.effects["name_mover_queries"]
     assert torch.isnan(queries[1:]).all() and not torch.isnan(queries[0]).any()  # senders before layer 1 only
 
@@ -160,7 +170,7 @@ def test_bad_settings_are_refused(toy: rama.HookedModel) -> None:
 
 @pytest.mark.slow
 def test_smollm2_does_the_task_and_the_demo_summary_reads_it(smollm: Any) -> None:
-    groups = ioi_prompts(smollm.tokenizer, 40)
+    groups = ioi_prompts(smollm.tokenizer, 20)
     differences = []
     for group in groups:
         with torch.no_grad():
@@ -168,7 +178,7 @@ def test_smollm2_does_the_task_and_the_demo_summary_reads_it(smollm: Any) -> Non
     difference = torch.cat(differences)
     assert len(groups) == 10 and {o for g in groups for o in g.orders} == {"ABBA", "BABA"}
     assert float((difference > 0).float().mean()) >= 0.9 and float(difference.mean()) > 0
-    summary = ioi_summary(smollm, n=40)
+    summary = ioi_summary(smollm, n=20)
     assert summary["logit_difference"] == pytest.approx(float(difference.mean()), rel=1e-4)
     assert summary["accuracy"] == pytest.approx(float((difference > 0).float().mean()))
     assert len(summary["name_movers"]) == 3 and all(value > 0 for _, _, value in summary["name_movers"])
