@@ -57,6 +57,7 @@ def test_demo_writes_its_figure_and_summary(tmp_path: Path, smollm: object) -> N
         "residual",
         "previous-token",
         "induction",
+        "ioi",
         "sae",
         "features",
     ]
@@ -65,6 +66,9 @@ def test_demo_writes_its_figure_and_summary(tmp_path: Path, smollm: object) -> N
     assert " Berlin" in summary["completion"]["completion"] and summary["residual"]["tokens"] == 256
     assert len(summary["residual"]["position_0"]) == 30
     assert max(summary["induction"]["top_heads"].values()) > 0.5  # SmolLM2 has strong induction heads
+    ioi = summary["ioi"]  # SmolLM2 does IOI: mean logit difference ≈ 5, IO above S nearly always
+    assert ioi["logit_difference"] > 2 and ioi["accuracy"] >= 0.9 and len(ioi["name_movers"]) == 3
+    assert "strongest name movers" in result.stdout
     assert len(summary["previous-token"]["scores"]) == 30 and len(summary["previous-token"]["scores"][0]) == 9
     assert (tmp_path / "overview.png").stat().st_size > 20_000
     assert summary["sae"]["metrics"]["l0"] == pytest.approx(16, abs=0.5)

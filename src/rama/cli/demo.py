@@ -149,6 +149,20 @@ def induction_heads(context: DemoContext) -> Numbers:
     return numbers
 
 
+def ioi_heads(context: DemoContext) -> Numbers:
+    """Indirect object identification: does the model name the right person, and which heads write
+    the answer (direct logit attribution at the last position; `rama circuits ioi` does the path patching)."""
+    from rama.circuits.ioi_search import ioi_summary
+
+    numbers = ioi_summary(context.model, n=16)
+    movers = ", ".join(f"{layer}.{head} {value:+.2f}" for layer, head, value in numbers["name_movers"])
+    print(
+        f"IOI: logit difference {numbers['logit_difference']:.2f} (IO − S) on {numbers['prompts']} prompts, "
+        f"IO above S in {numbers['accuracy']:.0%}; strongest name movers (layer.head: direct effect): {movers}"
+    )
+    return numbers
+
+
 def draw_heads(axis: Any, numbers: Numbers) -> None:
     scores = torch.tensor(numbers["scores"])  # [layer, head]
     image = axis.imshow(scores.T.numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=1, origin="lower")
@@ -266,6 +280,7 @@ STEPS: tuple[DemoStep, ...] = (
     DemoStep("residual", "Residual stream norm by layer", residual_norms, draw_norms),
     DemoStep("previous-token", "Previous-token score per head", previous_token_heads, draw_heads),
     DemoStep("induction", "Induction score per head", induction_heads, draw_heads),
+    DemoStep("ioi", "Indirect object identification", ioi_heads),
     DemoStep("sae", "TopK SAE: latent firing rates", demo_sae, draw_density),
     DemoStep("features", "Features vs neurons: token concentration", demo_features, draw_concentration),
 )
