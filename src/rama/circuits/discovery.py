@@ -114,7 +114,7 @@ def _damage(edge_model: EdgeModel, refs: list[_BatchRefs], removed: torch.Tensor
     for ref in refs:
         logits = edge_model.patched_logits(ref.batch.clean, removed, ref.corrupted_outputs)
         if damage == "kl":
-            value = kl_divergence(ref.clean_logits, at_positions(logits, ref.batch.positions)).mean(-1)
+            value = kl_divergence(ref.clean_logits, logits_at_positions(logits, ref.batch.positions)).mean(-1)
         else:
             value = -ref.batch.metric(logits)
         total += float(value.sum())
@@ -166,12 +166,12 @@ def _acdc_refs(edge_model: EdgeModel, task: CircuitTask) -> list[_BatchRefs]:
     refs = []
     with torch.no_grad():
         for batch in task.batches:
-            at = at_positions(edge_model.model(batch.clean), batch.positions)
+            at = logits_at_positions(edge_model.model(batch.clean), batch.positions)
             refs.append(_BatchRefs(batch, edge_model.sender_outputs(batch.corrupted), at))
     return refs
 
 
-def at_positions(logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+def logits_at_positions(logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """`[batch, k, d_vocab]`: each row's logits at its `positions` (`[batch]` or `[batch, k]`)."""
     index = positions if positions.ndim == 2 else positions[:, None]
     return logits.gather(1, index[..., None].expand(-1, -1, logits.shape[-1]))
