@@ -182,3 +182,4 @@ def test_smollm2_does_the_task_and_the_demo_summary_reads_it(smollm: Any) -> Non
     assert summary["logit_difference"] == pytest.approx(float(difference.mean()), rel=1e-4)
     assert summary["accuracy"] == pytest.approx(float((difference > 0).float().mean()))
     assert len(summary["name_movers"]) == 3 and all(value > 0 for _, _, value in summary["name_movers"])
+    assert summary["top_direct_heads"][0][2] >= summary["name_movers"][0][2]

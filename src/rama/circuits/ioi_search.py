@@ -455,35 +455,34 @@ def _senders_of(step: str, record: dict[str, Any]) -> list[tuple[str, dict[str, 
     return [(name, entry) for name in names for entry in record["classes"].get(name, [])]
 
 
-def ioi_summary(model: HookedModel, n: int = 16, seed: int = 0, top: int = 3) -> dict[str, Any]:
+def ioi_summary(
+    model: HookedModel, n: int = 16, seed: int = 0, top: int = 3, attention: float = 0.3
+) -> dict[str, Any]:
     """A few seconds' look at IOI for `rama demo`: the mean logit difference, the accuracies, and the
-    heads writing most directly into logit(IO) − logit(S) at END (direct logit attribution, not path
-    patching): candidate name movers."""
+    heads writing most directly into logit(IO) − logit(S) at END (direct logit attribution, no path
+    patching). `name_movers` keeps those that attend most to IO at END (at least `attention`);
+    `top_direct_heads` are the strongest writers whatever they attend to."""
     groups = ioi_prompts(model.tokenizer, n, seed)
-    differences, above, first, heads = [], [], [], []
-    for group in groups:
-        attribution = direct_logit_attribution(model, group.clean, group.io, group.s)
-        with torch.no_grad():
-            logits = model(group.clean)
-        differences.append(float(ioi_logit_difference(logits, group).mean()))
-        correct, top1 = ioi_accuracy(logits, group)
-        above.append(correct)
-        first.append(top1)
-        if attribution.heads is not None:
-            heads.append(attribution.heads.float().mean(0).cpu())  # [layer, head]
+    difference, accuracy, top1, pattern = clean_statistics(model, groups)
     record: dict[str, Any] = {
         "prompts": sum(len(g) for g in groups),
         "templates": len(groups),
-        "logit_difference": float(weighted(differences, groups)),
-        "accuracy": float(weighted(above, groups)),
-        "top1_accuracy": float(weighted(first, groups)),
+        "logit_difference": difference,
+        "accuracy": accuracy,
+        "top1_accuracy": top1,
         "name_movers": [],
+        "top_direct_heads": [],
     }
-    if heads:
-        mean = weighted(heads, groups)
-        values, order = mean.flatten().topk(top)
-        record["name_movers"] = [
-            [int(i) // mean.shape[1], int(i) % mean.shape[1], round(float(v), 4)]
-            for v, i in zip(values, order, strict=True)
-        ]
+    heads = [direct_logit_attribution(model, g.clean, g.io, g.s).heads for g in groups]
+    if all(h is not None for h in heads):
+        mean = weighted([h.float().mean(0).cpu() for h in heads if h is not None], groups)  # [layer, head]
+        to_io = name_mover_rule(pattern)["END->IO"] >= attention
+
+        def strongest_of(values: torch.Tensor) -> list[list[float]]:
+            best = values.flatten().topk(top)
+            return [[int(i) // values.shape[1], int(i) % values.shape[1], round(float(v), 4)]
+                    for v, i in zip(best.values, best.indices, strict=True) if v > float("-inf")]  # fmt: skip
+
+        record["top_direct_heads"] = strongest_of(mean)
+        record["name_movers"] = strongest_of(torch.where(to_io, mean, float("-inf")))
     return record
