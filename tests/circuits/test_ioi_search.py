@@ -53,6 +53,10 @@ def test_the_toys_name_movers_and_s_inhibition_head_are_recovered(found: IOICirc
     # attention-only duplicate-token label).
     assert found.receivers["s_inhibition_values"] == ["0.1.v"] and "s_inhibition_values" not in found.effects
     assert found.heads("duplicate_token") == found.heads("induction") == found.heads("previous_token") == []
+    # 0.1's own direct path to the logits is strong but it attends S2, not IO: unexplained, with its END→IO
+    unexplained = {(e.layer, e.head): e for e in found.unexplained["logits"]}
+    assert unexplained[(0, 1)].effect < -0.1
+    assert unexplained[(0, 1)].attention == pytest.approx(float(found.attention["END->IO"][0, 1]))
     # negative name movers: weak, and never one of the toy's name movers
     for entry in found.classes["negative_name_mover"]:
         assert 0 < entry.effect < 0.05 and [entry.layer, entry.head] not in truth["name_mover"]

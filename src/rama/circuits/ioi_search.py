@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -337,7 +337,10 @@ def search_steps(
     receivers["logits"] = ["logits"]
     found, unexplained["logits"] = classify(effects["logits"], to_io, config, -1, {"name_mover": "END->IO"})
     negative, extra = classify(effects["logits"], to_io, config, 1, {"negative_name_mover": "END->IO"})
-    unexplained["logits"] += extra
+    raw = attention["END->IO"]  # what an unexplained head really pays to IO, not the rule's 0
+    unexplained["logits"] = [
+        replace(e, attention=float(raw[e.layer, e.head])) for e in unexplained["logits"] + extra
+    ]
     classes.update(found, **negative)
     steps = [
         ("name_mover_queries", "name_mover", "q", {"s_inhibition": "END->S2"}),
