@@ -117,7 +117,9 @@ def test_task_from_prompts_groups_by_length_and_names_a_misaligned_pair() -> Non
     task = task_from_prompts(model, clean, corrupted, metric, batch_size=8)
     assert task.n_prompts == 2 and len(task.batches) == 2  # two lengths: two batches
     with pytest.raises(InputError, match="pair 1 tokenizes to"):
-        task_from_prompts(model, clean, [corrupted[0], "Alice and Bob found a key at the park . Tom gave it to"], metric)
+        task_from_prompts(
+            model, clean, [corrupted[0], "Alice and Bob found a key at the park . Tom gave it to"], metric
+        )
     with pytest.raises(InputError, match="as many corrupted"):
         task_from_prompts(model, clean, corrupted[:1], metric)
     with pytest.raises(InputError, match="unknown discovery method"):
