@@ -66,6 +66,28 @@ def method_row(
     return row, chosen
 
 
+def plot_curves(result: dict[str, Any], path: str) -> None:
+    """Faithfulness against the share of edges kept, one line per method that has a curve."""
+    from rama.plotting import pyplot, save_figure
+
+    figure, axis = pyplot().subplots(figsize=(6.4, 4.2))
+    for row in result["rows"]:
+        if "curve" in row:
+            curve = row["curve"]
+            label = f"{row['method']} (CPR {row['cpr']:.3f}, CMD {row['cmd']:.3f})"
+            axis.plot([100 * f for f in curve["fractions"]], curve["normalised"], marker="o", label=label)
+    axis.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+    axis.set(
+        xscale="log",
+        xlabel="edges kept (% of all, top-n by |score|, pruned)",
+        ylabel="faithfulness (0 corrupted, 1 clean)",
+    )
+    axis.set_title(f"{result['model']}, IOI ({result['prompts']} prompts): real patching")
+    axis.legend(frameon=False)
+    figure.tight_layout()
+    save_figure(figure, path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -80,7 +102,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--graphs", default="", help="folder for each method's graph.json and page")
     parser.add_argument("--out", default="benchmarks/results/circuit_discovery.json")
+    parser.add_argument(
+        "--plot", default="docs/circuits/discovery-smollm2-curves.png", help="the curves' figure"
+    )
+    parser.add_argument("--plot-only", action="store_true", help="redraw the figure from --out and stop")
     args = parser.parse_args()
+    if args.plot_only:
+        plot_curves(json.loads(Path(args.out).read_text()), args.plot)
+        return
     torch.set_num_threads(args.threads)
 
     import rama
@@ -127,7 +156,8 @@ def main() -> None:
     }  # fmt: skip
     result["edges_total"] = rows[0].get("curve", {}).get("edges", [0])[-1] or result["edges_total"]
     write_text(args.out, json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    plot_curves(result, args.plot)
+    print(f"wrote {args.out} and {args.plot}")
 
 
 if __name__ == "__main__":
