@@ -4,6 +4,8 @@ checkpoints of another mode or of a per-rank data order on another number of pro
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,3 +90,14 @@ def test_checkpoints_resume_only_where_the_split_allows(tmp_path: Path) -> None:
     rewrite_parallel(checkpoint, {"mode": "data_parallel", "world_size": 2, "order": "global"})
     resumed = fit(activations(), **longer)
     assert torch.load(checkpoint, weights_only=True)["step"] == 10 and resumed.W_dec.isfinite().all()
+
+
+def test_after_a_failed_collective_the_process_exits_1_at_once_with_its_output_flushed() -> None:
+    # the exit path a rank takes when its peer died: no teardown of the broken group (which can abort)
+    script = (
+        "import sys; from rama.distributed.process_group import leave_at_exit, mark_broken\n"
+        "print('rama: error: rank 0 of 2: ...', file=sys.stderr, end=''); print('written', end='')\n"
+        "mark_broken(); leave_at_exit(); print('never')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout, done.stderr) == (1, "written", "rama: error: rank 0 of 2: ...")

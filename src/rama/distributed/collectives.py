@@ -18,7 +18,7 @@ from typing import Any, Literal, TypeVar
 import torch
 import torch.distributed as dist
 
-from rama.distributed.process_group import World, world
+from rama.distributed.process_group import World, mark_broken, world
 from rama.errors import RamaError
 
 Result = TypeVar("Result")
@@ -96,6 +96,7 @@ def guarded(what: str, call: Callable[[], Result]) -> Result:
     except (RuntimeError, ConnectionError, TimeoutError) as error:
         if isinstance(error, RamaError):
             raise
+        mark_broken()
         raise CollectiveError(failure_message(what, world(), error)) from error
 
 
