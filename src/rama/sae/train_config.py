@@ -17,6 +17,7 @@ from typing import Any
 from rama.errors import ConfigError
 from rama.sae.base import DEFAULT_ARCHITECTURE, REGISTRY, ArchConfig, arch_config, sae_class, setting
 
+PARALLEL_MODES = ("data", "latents")
 DEFAULT_D_SAE = 4608  # 8 x SmolLM2-135M's 576-wide residual stream, the CLI's width since its first release
 
 
@@ -54,6 +55,11 @@ class TrainConfig:
     skip_connection: bool = setting(False, "add a skip connection (skip-transcoder)", aliases=("skip",))
     seed: int = setting(0, "seed for data order and initialisation")
     device: str = setting("cpu", "where the SAE trains: cpu, cuda or cuda:N")
+    parallel: str = setting(
+        "data",
+        "how ranks share the work under torchrun: data (each rank its own slice of the tokens, gradients "
+        "averaged) or latents (each rank a slice of the dictionary, every rank the same tokens)",
+    )
     checkpoint_dir: str | None = setting(None, "folder of the resumable checkpoint (None: none)")
     checkpoint_every: int = setting(100, "steps between checkpoints")
     log_every: int = setting(10, "steps between metrics.jsonl lines")
@@ -106,6 +112,8 @@ class TrainConfig:
             raise ConfigError(
                 f"b_dec_init must be 'geometric_median', 'mean' or 'zeros'; got {self.b_dec_init!r}"
             )
+        if self.parallel not in PARALLEL_MODES:
+            raise ConfigError(f"parallel must be one of {', '.join(PARALLEL_MODES)}; got {self.parallel!r}")
         _positive_int("checkpoint_every", self.checkpoint_every)
         _positive_int("log_every", self.log_every)
 
@@ -161,6 +169,7 @@ def _positive_int(name: str, value: Any) -> None:
 def resume_differences(saved: dict[str, Any], asked: dict[str, Any]) -> list[str]:
     """`name=saved -> asked` for each setting that differs between a checkpoint's run and this one,
     leaving out those a resumed run may change (`RESUMABLE_CHANGES`)."""
+    saved = {"parallel": "data", **saved}  # checkpoints from before latent sharding trained data-parallel
     names = [n for n in {**saved, **asked} if n not in RESUMABLE_CHANGES]
     return [
         f"{n}={saved.get(n)!r}, this run asks {n}={asked.get(n)!r}"
