@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -267,35 +265,11 @@ def test_bad_settings_and_unscored_graphs() -> None:
     assert widths == {"1.5"}  # circuit edges without scores still drawn, at one width
 
 
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Any]:
-    """Debian's headless Chromium through Playwright (as tests/web does)."""
-    binary = Path(os.environ.get("RAMA_CHROMIUM", "/usr/bin/chromium"))
-    if not binary.is_file():
-        message = f"no Chromium at {binary}: `make setup` installs Debian's chromium (or set RAMA_CHROMIUM)"
-        if os.environ.get("RAMA_REQUIRE_BROWSER"):
-            pytest.fail(message)
-        pytest.skip(message)
-    from playwright.sync_api import sync_playwright
-
-    flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-    ]
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(binary), args=flags)
-        yield browser
-        browser.close()
-
-
-def test_page_opens_in_chromium_and_hover_shows_scores(chromium: Any, tmp_path: Path) -> None:
+def test_page_opens_in_chromium_and_hover_shows_scores(browser: Any, tmp_path: Path) -> None:
     from PIL import Image
 
     path = save_graph_page(induction_graph(), tmp_path / "circuit.html")
-    context = chromium.new_context(viewport={"width": 1000, "height": 700})
+    context = browser.new_context(viewport={"width": 1000, "height": 700})
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
