@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+from rama.errors import ConfigError
 from rama.sae.base import SAE, LossOutput, SAEConfig, TrainState, fired_latents, mse_fvu
 from rama.sae.topk import TopKConfig, aux_k_loss
 
@@ -19,6 +20,14 @@ from rama.sae.topk import TopKConfig, aux_k_loss
 @dataclass
 class BatchTopKConfig(TopKConfig):
     """k active latents per token on average over a batch (any token may take more or fewer)."""
+
+    def check(self, d_sae: int) -> None:
+        super().check(d_sae)
+        # its selection is over the whole batch, with a dense backward: no bf16 path (yet)
+        if self.select_dtype != "float32":
+            raise ConfigError(
+                f"select_dtype={self.select_dtype!r} is a topk setting; batchtopk and matryoshka select in float32"
+            )
 
 
 class BatchTopKSAE(SAE):

@@ -7,7 +7,7 @@ The training hot path never builds a dense `[batch, d_sae]` code for the decoder
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch.nn import functional as F
@@ -23,12 +23,31 @@ class TopKConfig(ArchConfig):
 
     k: int = setting(32, "active latents per token (on average over a batch for batchtopk, matryoshka)")
     aux_k_coefficient: float = setting(1 / 32, "weight of the AuxK loss on dead latents (Gao et al. 2024)")
+    select_dtype: str = setting(
+        "float32",
+        "dtype of the encoder matmul that picks a token's k latents in training (float32 | bfloat16); "
+        "the picked latents' values are always fp32 (topk only)",
+    )
+
+    select_dtypes: ClassVar[tuple[str, ...]] = ("float32", "bfloat16")
 
     def check(self, d_sae: int) -> None:
         if not isinstance(self.k, int) or not 0 < self.k <= d_sae:
             raise ConfigError(f"k must be an integer with 0 < k <= d_sae ({d_sae}); got k={self.k}")
         if self.aux_k_coefficient < 0:
             raise ConfigError(f"aux_k_coefficient must be >= 0; got {self.aux_k_coefficient}")
+        if self.select_dtype not in self.select_dtypes:
+            raise ConfigError(
+                f"select_dtype must be one of {', '.join(self.select_dtypes)}; got {self.select_dtype!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """`select_dtype` only when it is not the default, so cfg.json and train_config.json stay as
+        they were before the setting existed (checkpoints from then resume; a bf16 run's do not)."""
+        settings = super().to_dict()
+        if settings["select_dtype"] == "float32":
+            del settings["select_dtype"]
+        return settings
 
 
 class GatherPre(torch.autograd.Function):
@@ -53,19 +72,63 @@ class GatherPre(torch.autograd.Function):
         x, W_enc, indices = ctx.saved_tensors
         # W_enc is [d_in, d_sae]; embedding_bag over its transposed *view* is ~40x slower on the CPU
         # than one contiguous copy (5 M floats) and a gather of the k rows per token
-        grad_x = F.embedding_bag(indices, W_enc.T.contiguous(), per_sample_weights=grad, mode="sum")
-        rows = torch.arange(x.shape[0], device=x.device).repeat_interleave(indices.shape[1])
-        sparse = torch.sparse_coo_tensor(
-            torch.stack([indices.flatten(), rows]),
-            grad.flatten(),
-            (W_enc.shape[1], x.shape[0]),
-            check_invariants=False,
-        )
-        grad_W_enc = torch.sparse.mm(sparse, x).T
-        grad_b_enc = torch.zeros(W_enc.shape[1], dtype=grad.dtype, device=grad.device).index_add_(
-            0, indices.flatten(), grad.flatten()
-        )
-        return None, grad_x, grad_W_enc, grad_b_enc, None
+        return (None, *selected_grads(grad, x, W_enc, W_enc.T.contiguous(), indices))
+
+
+def selected_grads(
+    grad: torch.Tensor, x: torch.Tensor, W_enc: torch.Tensor, W_rows: torch.Tensor, indices: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None]:
+    """Gradients of `pre[b, indices[b, j]]` (`grad [batch, k]`) to x, W_enc, b_enc (and none to the
+    indices), through the selected entries only; `W_rows` is W_enc.T made contiguous `[d_sae, d_in]`."""
+    grad_x = F.embedding_bag(indices, W_rows, per_sample_weights=grad, mode="sum")
+    rows = torch.arange(x.shape[0], device=x.device).repeat_interleave(indices.shape[1])
+    sparse = torch.sparse_coo_tensor(
+        torch.stack([indices.flatten(), rows]),
+        grad.flatten(),
+        (W_enc.shape[1], x.shape[0]),
+        check_invariants=False,
+    )
+    grad_W_enc = torch.sparse.mm(sparse, x).T
+    grad_b_enc = torch.zeros(W_enc.shape[1], dtype=grad.dtype, device=grad.device).index_add_(
+        0, indices.flatten(), grad.flatten()
+    )
+    return grad_x, grad_W_enc, grad_b_enc, None
+
+
+def exact_pre(
+    x: torch.Tensor, W_rows: torch.Tensor, b_enc: torch.Tensor, indices: torch.Tensor, chunk: int = 512
+) -> torch.Tensor:
+    """`(x @ W_enc + b_enc).gather(1, indices)` in fp32 without the dense matmul: each token's
+    selected rows of `W_rows` (W_enc.T, `[d_sae, d_in]`) dotted with it -> `[batch, k]`. Chunked
+    so the gathered rows (`[chunk, k, d_in]`) stay small."""
+    out = torch.empty(indices.shape, dtype=x.dtype, device=x.device)
+    for start in range(0, x.shape[0], chunk):
+        picked = indices[start : start + chunk]
+        dots = torch.bmm(W_rows[picked], x[start : start + chunk, :, None]).squeeze(-1)
+        out[start : start + chunk] = dots + b_enc[picked]
+    return out
+
+
+class SelectedPre(torch.autograd.Function):
+    """The fp32 pre-activations of latents picked elsewhere (by a bf16 matmul): `exact_pre` forward,
+    `GatherPre`'s sparse backward, both reusing one contiguous W_enc.T."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        W_rows: torch.Tensor,
+        x: torch.Tensor,
+        W_enc: torch.Tensor,
+        b_enc: torch.Tensor,
+        indices: torch.Tensor,
+    ) -> torch.Tensor:
+        ctx.save_for_backward(x, W_enc, W_rows, indices)
+        return exact_pre(x, W_rows, b_enc, indices)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Any:
+        x, W_enc, W_rows, indices = ctx.saved_tensors
+        return (None, *selected_grads(grad, x, W_enc, W_rows, indices))
 
 
 def sparse_decode(indices: torch.Tensor, values: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
@@ -86,17 +149,22 @@ def aux_k_loss(
     residual: torch.Tensor,
     dead: torch.Tensor | None,
     k_aux: int,
+    W_rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Reconstruct the main reconstruction's error from the top `k_aux` dead latents (Gao et al. §A.2).
 
-    `pre` are the pre-activations (no gradient) of the encoder input `x`.
+    `pre` are the pre-activations (no gradient) of the encoder input `x`; with `W_rows` (W_enc.T,
+    contiguous) they only pick the latents (a bf16 `pre`), whose values are then computed in fp32.
     """
     k = 0 if dead is None else min(k_aux, int(dead.sum()))  # the step's one host sync: the top-k's size
     if dead is None or k == 0:
         return residual.new_zeros(())
     _, indices = pre.detach().masked_fill(~dead, float("-inf")).topk(k, dim=-1, sorted=False)
     # a dead latent's pre-activation is -inf only if fewer than k are dead: masked values relu to 0
-    values = GatherPre.apply(pre.detach(), x, sae.W_enc, sae.b_enc, indices).relu()
+    if W_rows is None:
+        values = GatherPre.apply(pre.detach(), x, sae.W_enc, sae.b_enc, indices).relu()
+    else:
+        values = SelectedPre.apply(W_rows, x, sae.W_enc, sae.b_enc, indices).relu()
     estimate = sparse_decode(indices, values, sae.W_dec)
     return torch.nan_to_num(fvu_tensor(estimate, residual.detach()))
 
@@ -125,15 +193,35 @@ class TopKSAE(SAE):
 
     def loss(self, x: torch.Tensor, target: torch.Tensor, state: TrainState) -> LossOutput:
         centred = x - self.b_dec if self.subtracts_b_dec else x
-        with torch.no_grad():
-            pre = torch.addmm(self.b_enc, centred, self.W_enc)
-            _, indices = pre.topk(self.settings.k, dim=-1, sorted=False)
-        values = GatherPre.apply(pre, centred, self.W_enc, self.b_enc, indices).relu()
+        pre, indices, values, W_rows = self.selected(centred)
         reconstruction = sparse_decode(indices, values, self.W_dec) + self.b_dec + self.skip(x)
         _, fvu = mse_fvu(reconstruction, target)
-        aux = aux_k_loss(self, pre, centred, target - reconstruction, state.dead_mask(), self.cfg.d_in // 2)
+        residual = target - reconstruction
+        aux = aux_k_loss(self, pre, centred, residual, state.dead_mask(), self.cfg.d_in // 2, W_rows)
         loss = fvu + self.settings.aux_k_coefficient * aux
         active = values.detach() > 0
         fired = fired_latents(indices, active, self.cfg.d_sae)
         l0 = active.sum(-1).float().mean()
         return LossOutput(loss, reconstruction, fired, {"fvu": fvu.detach(), "aux_k": aux.detach(), "l0": l0})
+
+    def selected(
+        self, centred: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Training's encoder: (pre-activations without gradient `[batch, d_sae]`, each token's k
+        latents `[batch, k]`, their fp32 values after ReLU with gradient, W_enc.T if it was made).
+
+        With `select_dtype="bfloat16"` the dense matmul, half the step, runs in bf16 and only picks
+        the latents; their values are recomputed in fp32 from the k rows of W_enc.T."""
+        k = self.settings.k
+        if self.settings.select_dtype == "float32":
+            with torch.no_grad():
+                pre = torch.addmm(self.b_enc, centred, self.W_enc)
+                _, indices = pre.topk(k, dim=-1, sorted=False)
+            return pre, indices, GatherPre.apply(pre, centred, self.W_enc, self.b_enc, indices).relu(), None
+        with torch.no_grad():
+            W_rows = self.W_enc.T.contiguous()
+            low = torch.bfloat16
+            pre = torch.addmm(self.b_enc.to(low), centred.to(low), self.W_enc.to(low))
+            _, indices = pre.topk(k, dim=-1, sorted=False)
+        values = SelectedPre.apply(W_rows, centred, self.W_enc, self.b_enc, indices).relu()
+        return pre, indices, values, W_rows
