@@ -29,6 +29,7 @@ from rama.activations.harvest import (
     kept_activations,
     stop_layer,
 )
+from rama.activations.ring import RingActivations, RingLayout, produce
 from rama.activations.shuffle import Prefetcher, ShuffleBuffer, take_rows
 from rama.activations.stream import StreamingBatches
 
@@ -44,6 +45,8 @@ __all__ = [
     "DiskActivations",
     "HarvestConfig",
     "Prefetcher",
+    "RingActivations",
+    "RingLayout",
     "ShuffleBuffer",
     "StreamingBatches",
     "TensorBatches",
@@ -53,6 +56,7 @@ __all__ = [
     "harvest",
     "keep_mask",
     "kept_activations",
+    "produce",
     "stop_layer",
     "stream_buffer_tokens",
     "stream_harvest_tokens",

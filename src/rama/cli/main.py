@@ -14,7 +14,19 @@ import traceback
 from collections.abc import Sequence
 
 from rama import __version__
-from rama.cli import circuits, demo, features, inspect, monitor, probe, sae, serve, steer, toys
+from rama.cli import (
+    activations_ring,
+    circuits,
+    demo,
+    features,
+    inspect,
+    monitor,
+    probe,
+    sae,
+    serve,
+    steer,
+    toys,
+)
 from rama.errors import RamaError
 
 BUG_REPORT = (
@@ -37,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.register(subparsers)
     demo.register(subparsers)
     sae.register(subparsers)
+    activations_ring.register(subparsers)
     toys.register(subparsers)
     steer.register(subparsers)
     features.register(subparsers)
