@@ -4,24 +4,26 @@ runner and sparsify's trainer, on the same corpus and token budget, in one run.
     python benchmarks/sae_end_to_end.py [--tokens 204800] [--layer 6] [--width 9216] [--k 32]
 
 Each trainer does its own harvesting (SAELens stops after the hooked layer; sparsify runs the whole
-model) and its own default recipe. Prints tokens/s and the ratio of rama to the faster peer. Peers
-are skipped when not installed; SAELens needs a hand-built HookedTransformer config for SmolLM2.
+model) with its own default recipe (rama: `train` defaults; SAELens: its runner's config defaults;
+sparsify: its Trainer's defaults, ScheduleFree SignSGD). The timed span is the same for every
+library: from the local JSONL corpus (written before the clock starts) through tokenizing,
+harvesting and training to the trained SAE. Prints tokens/s and the ratio of rama to the faster
+peer. Peers are skipped when not installed (see sae_step.py for the venv); SAELens needs a
+hand-built HookedTransformer config for SmolLM2.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 import rama
+from peer_harness import machine, table
 from rama.activations import HarvestConfig, stream_harvest_tokens
 from rama.atomic import write_text
 from rama.data import iter_documents
@@ -110,6 +112,7 @@ def run_saelens(hf_model: Any, tokenizer: Any, corpus: Path, args: Any) -> float
         return None
     model = hooked_transformer(hf_model)
     model.set_tokenizer(tokenizer)
+    start = time.perf_counter()  # from the JSONL corpus on, as for the others
     dataset = load_dataset("json", data_files=str(corpus), split="train")
     cfg = LanguageModelSAERunnerConfig(
         sae=TopKTrainingSAEConfig(d_in=576, d_sae=args.width, k=args.k),
@@ -131,7 +134,6 @@ def run_saelens(hf_model: Any, tokenizer: Any, corpus: Path, args: Any) -> float
         n_batches_for_norm_estimate=10,
         verbose=False,
     )
-    start = time.perf_counter()
     LanguageModelSAETrainingRunner(cfg, override_dataset=dataset, override_model=model).run()
     return args.tokens / (time.perf_counter() - start)
 
@@ -144,6 +146,7 @@ def run_sparsify(hf_model: Any, tokenizer: Any, corpus: Path, args: Any) -> floa
         from sparsify.data import chunk_and_tokenize
     except ImportError:
         return None
+    start = time.perf_counter()  # tokenizing is inside the span, as it is for rama and SAELens
     dataset = chunk_and_tokenize(
         load_dataset("json", data_files=str(corpus), split="train"), tokenizer, max_seq_len=128
     )
@@ -156,7 +159,6 @@ def run_sparsify(hf_model: Any, tokenizer: Any, corpus: Path, args: Any) -> floa
         save_dir=str(corpus.parent / "sparsify"),
         log_to_wandb=False,
     )
-    start = time.perf_counter()
     Trainer(config, dataset, hf_model).fit()
     return len(dataset) * 128 / (time.perf_counter() - start)
 
@@ -174,6 +176,7 @@ def main() -> None:
     args = parser.parse_args()
     only = set((args.only or "rama,saelens,sparsify").split(","))
     work = Path(tempfile.mkdtemp(prefix="rama-e2e-"))
+    before = machine()
     try:
         model = rama.load("smollm2-135m")
         corpus = corpus_file(work)
@@ -190,20 +193,23 @@ def main() -> None:
             results["sparsify Trainer"] = run_sparsify(hf, model.tokenizer, corpus, args)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    print(f"\nbefore: {before}\nafter: {machine()}")
+    print(f"layer {args.layer}, {args.width} latents, k {args.k}, {args.tokens} tokens")
     print(
-        f"\nmachine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
-        f"layer {args.layer}, {args.width} latents, k {args.k}, {args.tokens} tokens"
+        table(
+            ["text → trained SAE", "tokens/s"], [[n, f"{r:.0f}"] for n, r in results.items() if r is not None]
+        )
     )
-    print("| text → trained SAE | tokens/s |\n|---|---|")
-    for name, rate in results.items():
-        if rate is not None:
-            print(f"| {name} | {rate:.0f} |")
     peers = [r for n, r in results.items() if r is not None and not n.startswith("rama")]
     ours = [r for n, r in results.items() if r is not None and n.startswith("rama")]
     if peers and ours:
         print(f"- best rama ÷ faster peer: {max(ours) / max(peers):.2f}")
-    record = {"machine": platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "args": vars(args), "tokens_per_s": results}  # fmt: skip
+    record = {
+        "machine_before": before,
+        "machine_after": machine(),
+        "args": vars(args),
+        "tokens_per_s": results,
+    }
     write_text(Path(args.results), json.dumps(record, indent=2))
 
 

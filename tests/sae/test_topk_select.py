@@ -39,19 +39,22 @@ def test_bf16_selection_agrees_with_fp32_selection() -> None:
     bf16, x = topk_sae("bfloat16"), suite_inputs()
     fp32 = topk_sae("float32")
     centred = x - fp32.b_dec
+    pre, reference, _, _ = fp32.selected(centred)
     _, ours, _, _ = bf16.selected(centred)
-    _, reference, _, _ = fp32.selected(centred)
     chosen = torch.zeros(x.shape[0], 1024, dtype=torch.bool)
     chosen.scatter_(1, reference, True)
     agreement = float(chosen.gather(1, ours).float().mean())
-    assert agreement >= 0.97  # measured 0.994 on these inputs (a miss is a near-tie)
+    assert agreement >= 0.99  # measured 0.992 (0.994 with k bf16 candidates, no re-ranking)
+    # every miss is a tie at fp32 rounding: the picked values are fp32's k largest
+    ranked = [pre.gather(1, picked).sort(dim=-1).values for picked in (ours, reference)]
+    torch.testing.assert_close(ranked[0], ranked[1], rtol=0, atol=1e-5)
 
 
 def test_gradients_equal_the_fp32_path_for_the_same_selection() -> None:
     sae, x = topk_sae("bfloat16"), suite_inputs(256).requires_grad_()
     weights = torch.randn(256, 8, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        indices = (x @ sae.W_enc + sae.b_enc).topk(8, dim=-1).indices
+        indices = (x @ sae.W_enc + sae.b_enc).topk(8, dim=-1).indices.sort(dim=-1).values
     rows = sae.W_enc.detach().T.contiguous()
     grads = []
     for values in (

@@ -6,6 +6,7 @@ The training hot path never builds a dense `[batch, d_sae]` code for the decoder
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -96,22 +97,36 @@ def selected_grads(
 
 
 def exact_pre(
-    x: torch.Tensor, W_rows: torch.Tensor, b_enc: torch.Tensor, indices: torch.Tensor, chunk: int = 512
+    x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, indices: torch.Tensor
 ) -> torch.Tensor:
-    """`(x @ W_enc + b_enc).gather(1, indices)` in fp32 without the dense matmul: each token's
-    selected rows of `W_rows` (W_enc.T, `[d_sae, d_in]`) dotted with it -> `[batch, k]`. Chunked
-    so the gathered rows (`[chunk, k, d_in]`) stay small."""
-    out = torch.empty(indices.shape, dtype=x.dtype, device=x.device)
-    for start in range(0, x.shape[0], chunk):
-        picked = indices[start : start + chunk]
-        dots = torch.bmm(W_rows[picked], x[start : start + chunk, :, None]).squeeze(-1)
-        out[start : start + chunk] = dots + b_enc[picked]
-    return out
+    """`(x @ W_enc + b_enc).gather(1, indices)` in fp32 without the dense matmul: a sampled matmul
+    computes only the `[batch, k]` selected dot products (10x faster on the CPU than gathering the
+    k rows of W_enc.T per token). `indices` must be sorted along each row (CSR order)."""
+    batch, k = indices.shape
+    rows = torch.arange(0, batch * k + 1, k, device=indices.device)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
+        pattern = torch.sparse_csr_tensor(
+            rows, indices.flatten(), x.new_zeros(batch * k), (batch, W_enc.shape[1]), check_invariants=False
+        )
+    dots = torch.sparse.sampled_addmm(pattern, x, W_enc, beta=0.0).values().view(batch, k)
+    return dots + b_enc[indices]
+
+
+def rerank(
+    low: torch.Tensor, x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int
+) -> torch.Tensor:
+    """Each row's k latents `[batch, k]` (sorted by latent id): the 2k largest of the bf16
+    pre-activations `low`, re-ranked by their fp32 values. On SmolLM2 layer 6 this keeps 100% of
+    fp32's pick (98.9% with k bf16 candidates); the second sampled matmul costs ~2% of a step."""
+    candidates = low.topk(min(2 * k, low.shape[1]), dim=-1, sorted=False).indices.sort(dim=-1).values
+    best = exact_pre(x, W_enc, b_enc, candidates).topk(k, dim=-1, sorted=False).indices
+    return candidates.gather(1, best).sort(dim=-1).values
 
 
 class SelectedPre(torch.autograd.Function):
-    """The fp32 pre-activations of latents picked elsewhere (by a bf16 matmul): `exact_pre` forward,
-    `GatherPre`'s sparse backward, both reusing one contiguous W_enc.T."""
+    """The fp32 pre-activations of latents picked elsewhere (by a bf16 matmul; `indices` sorted per
+    row): `exact_pre` forward, `GatherPre`'s sparse backward with the given contiguous W_enc.T."""
 
     @staticmethod
     def forward(
@@ -123,7 +138,7 @@ class SelectedPre(torch.autograd.Function):
         indices: torch.Tensor,
     ) -> torch.Tensor:
         ctx.save_for_backward(x, W_enc, W_rows, indices)
-        return exact_pre(x, W_rows, b_enc, indices)
+        return exact_pre(x, W_enc, b_enc, indices)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> Any:
@@ -160,6 +175,8 @@ def aux_k_loss(
     if dead is None or k == 0:
         return residual.new_zeros(())
     _, indices = pre.detach().masked_fill(~dead, float("-inf")).topk(k, dim=-1, sorted=False)
+    if W_rows is not None:
+        indices = indices.sort(dim=-1).values  # exact_pre's CSR order
     # a dead latent's pre-activation is -inf only if fewer than k are dead: masked values relu to 0
     if W_rows is None:
         values = GatherPre.apply(pre.detach(), x, sae.W_enc, sae.b_enc, indices).relu()
@@ -222,6 +239,6 @@ class TopKSAE(SAE):
             W_rows = self.W_enc.T.contiguous()
             low = torch.bfloat16
             pre = torch.addmm(self.b_enc.to(low), centred.to(low), self.W_enc.to(low))
-            _, indices = pre.topk(k, dim=-1, sorted=False)
+            indices = rerank(pre, centred, self.W_enc, self.b_enc, k)
         values = SelectedPre.apply(W_rows, centred, self.W_enc, self.b_enc, indices).relu()
         return pre, indices, values, W_rows
