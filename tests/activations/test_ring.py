@@ -175,6 +175,12 @@ def test_two_producers_one_consumer_every_token_once_bounded_and_resumable(
     for name, value in uninterrupted.state_dict().items():
         assert torch.allclose(resumed.state_dict()[name], value, atol=1e-5), name
 
+    # a producer restarted after its shards were read and deleted counts them from the consumer's record
+    (reference_ring / "done-0.json").unlink()
+    left = sorted(p.name for p in reference_ring.glob("shard-*"))
+    assert produce(model, [SITE], reference_ring, HARVEST, layout, 0, root / "corpus.jsonl") == 6
+    assert sorted(p.name for p in reference_ring.glob("shard-*")) == left
+
 
 def test_mismatched_settings_are_refused_before_any_work(root: Path, tmp_path: Path) -> None:
     model = load(str(root / "model"))

@@ -71,7 +71,8 @@ def run_produce(options: ProduceOptions) -> int:
     manifest = read_json(Path(options.ring) / "ring.json")
     if manifest is not None:  # what can be compared before minutes of loading
         checked = {k: v for k, v in harvest.items() if k != "progress"}
-        check_ring(manifest, {"harvest": checked, **dataclasses.asdict(layout)}, Path(options.ring))
+        expected = {"harvest": checked, "corpus": options.corpus, **dataclasses.asdict(layout)}
+        check_ring(manifest, expected, Path(options.ring))
     model = load(options.model, device=options.device)
     shards = produce(model, options.site, options.ring, config, layout, options.producer, options.corpus)
     print(f"producer {options.producer}: {shards} shards written to {options.ring}")
