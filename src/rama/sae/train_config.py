@@ -169,7 +169,8 @@ def _positive_int(name: str, value: Any) -> None:
 def resume_differences(saved: dict[str, Any], asked: dict[str, Any]) -> list[str]:
     """`name=saved -> asked` for each setting that differs between a checkpoint's run and this one,
     leaving out those a resumed run may change (`RESUMABLE_CHANGES`)."""
-    saved = {"parallel": "data", **saved}  # checkpoints from before latent sharding trained data-parallel
+    if "parallel" in asked:  # checkpoints from before latent sharding trained data-parallel
+        saved = {"parallel": "data", **saved}
     names = [n for n in {**saved, **asked} if n not in RESUMABLE_CHANGES]
     return [
         f"{n}={saved.get(n)!r}, this run asks {n}={asked.get(n)!r}"

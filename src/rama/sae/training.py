@@ -7,7 +7,9 @@ training and the scale is folded back into the weights, so the returned SAE work
 Under torchrun the same code trains data parallel (docs/distributed.md): `batch_size` is each rank's
 batch, the global batch is `batch_size × world size`, gradients (and the step's fired latents and
 terms) are averaged over the ranks before the optimiser step, and only rank 0 writes. In one process
-every collective is a no-op and the numbers are those of single-process training.
+every collective is a no-op and the numbers are those of single-process training. With
+`parallel="latents"` each rank instead holds a slice of the dictionary and sees every batch
+(`rama.sae.latent_sharding`, docs/scale-latent-sharding.md).
 """
 
 from __future__ import annotations
@@ -37,6 +39,18 @@ from rama.distributed import (
 )
 from rama.errors import ConfigError, InputError
 from rama.sae.base import SAE, SAEConfig, TrainState
+from rama.sae.latent_sharding import (
+    MODE as SHARDED_MODE,
+)
+from rama.sae.latent_sharding import (
+    LatentShard,
+    ShardLayout,
+    check_shardable,
+    gather_state,
+    param_names,
+    shard_optimizer_state,
+    whole_sae,
+)
 from rama.sae.train_config import TrainConfig, resume_differences
 
 __all__ = ["TrainConfig", "fit"]
@@ -44,7 +58,8 @@ __all__ = ["TrainConfig", "fit"]
 # Architectures whose loss divides by the batch's target variance (FVU): under data parallelism each
 # rank's loss is reweighted so the averaged gradient is that of the global batch's FVU.
 VARIANCE_NORMALISED = frozenset({"topk", "batchtopk", "matryoshka"})
-PARALLEL_MODE = "data_parallel"  # what a checkpoint records; latent sharding will add its own mode
+PARALLEL_MODE = "data_parallel"  # what a checkpoint records (latent sharding: SHARDED_MODE)
+MODE_OPTION = {PARALLEL_MODE: "data", SHARDED_MODE: "latents"}  # recorded mode -> TrainConfig.parallel
 
 
 def lr_factor(step: int, total: int, warmup: float, decay: float) -> float:
@@ -135,8 +150,7 @@ def init_run(config: TrainConfig, data: BatchSource, meta: dict[str, Any]) -> Ru
     init_decoder_bias(sae, sample_y[:8192] * scale_out, config.b_dec_init)
     with torch.no_grad():  # every rank built the same SAE from the same seed and sample: make sure
         broadcast_tensors([*sae.parameters(), *sae.buffers()], what="the broadcast of the initial SAE")
-    groups = [{"params": params, "lr_scale": scale} for params, scale in sae.optimizer_groups()]
-    optimizer = torch.optim.Adam(groups, lr=config.learning_rate(), betas=(0.9, 0.999))
+    optimizer = make_optimizer(sae, config)
     dead_after = config.dead_after_tokens or min(1_000_000, config.total_tokens // 4)
     state = TrainState(
         0,
@@ -147,6 +161,27 @@ def init_run(config: TrainConfig, data: BatchSource, meta: dict[str, Any]) -> Ru
         target_l0=config.target_l0,
     )
     return Run(sae, optimizer, state, scale_in, scale_out)
+
+
+def make_optimizer(sae: SAE, config: TrainConfig) -> torch.optim.Optimizer:
+    groups = [{"params": params, "lr_scale": scale} for params, scale in sae.optimizer_groups()]
+    return torch.optim.Adam(groups, lr=config.learning_rate(), betas=(0.9, 0.999))
+
+
+def data_ranks(config: TrainConfig) -> int:
+    """Ranks that split the batch: the world size data parallel, 1 latent-sharded (every rank
+    sees the whole batch, so batches, steps and token counts are those of one process)."""
+    return world().size if config.parallel == "data" else 1
+
+
+def shard_run(run: Run, config: TrainConfig) -> None:
+    """Replace the whole SAE (fresh or resumed) and its optimiser state by this rank's slice."""
+    layout = ShardLayout(world().rank, world().size, config.d_sae)
+    full_state = run.optimizer.state_dict()
+    run.sae = LatentShard(run.sae, layout)
+    run.optimizer = make_optimizer(run.sae, config)
+    names = param_names(run.optimizer, run.sae)
+    run.optimizer.load_state_dict(shard_optimizer_state(full_state, names, layout))
 
 
 @torch.no_grad()
@@ -161,7 +196,7 @@ def init_decoder_bias(sae: SAE, targets: torch.Tensor, how: str) -> None:
 
 def global_steps(config: TrainConfig) -> int:
     """Optimiser steps of the run: `total_tokens` over the global batch (`batch_size` per rank)."""
-    return max(1, config.total_tokens // (config.batch_size * world().size))
+    return max(1, config.total_tokens // (config.batch_size * data_ranks(config)))
 
 
 def variance_weight(target: torch.Tensor, step: int) -> torch.Tensor:
@@ -197,7 +232,7 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, config: TrainConfig) 
     target = y * run.scale_out
     out = sae.loss(x * run.scale_in, target, state)
     run.optimizer.zero_grad(set_to_none=True)
-    size = world().size
+    size = data_ranks(config)  # latent-sharded: 1, every rank computes the same loss and terms
     weighted = size > 1 and sae.architecture in VARIANCE_NORMALISED
     (out.loss * variance_weight(target, state.step) if weighted else out.loss).backward()
     terms, fired = {"loss": out.loss.detach(), **out.terms}, out.fired
@@ -271,20 +306,26 @@ def fit(
     """
     config = (config or TrainConfig()).with_settings(**overrides)
     current = setup_distributed(config.device)  # torchrun's process group; nothing in one process
+    sharded = config.parallel == "latents"
+    if sharded:
+        check_shardable(config.architecture, config.d_sae, current.size)
+    rank, size = (0, 1) if sharded else (current.rank, current.size)  # latents: every rank every batch
     data: BatchSource = (
-        TensorBatches(
-            activations, targets, config.batch_size, config.seed, rank=current.rank, world_size=current.size
-        )
+        TensorBatches(activations, targets, config.batch_size, config.seed, rank=rank, world_size=size)
         if isinstance(activations, torch.Tensor)
         else activations
     )
     checkpoint = Path(config.checkpoint_dir) / "checkpoint.pt" if config.checkpoint_dir else None
     run = init_run(config, data, metadata or {})
     settings = run_settings(config, metadata or {})
-    run.parallel = parallel_record(data)
+    run.parallel = parallel_record(data, config)
     if checkpoint is not None and resume_exists(checkpoint):
         load_checkpoint(run, checkpoint, settings)
+    if sharded:
+        shard_run(run, config)
     run_steps(run, data, config, checkpoint if is_main() else None, settings)
+    if isinstance(run.sae, LatentShard):
+        run.sae = whole_sae(run.sae)
     return finish(run, data.inputs[:STATS_SAMPLE_TOKENS].float())
 
 
@@ -300,10 +341,14 @@ def resume_exists(checkpoint: Path) -> bool:
     return exists
 
 
-def parallel_record(data: BatchSource) -> dict[str, Any]:
+def parallel_record(data: BatchSource, config: TrainConfig) -> dict[str, Any]:
     """How the run splits its work, for its checkpoints. `order` is "global" when every rank strides
     one data order that does not depend on the world size (in-memory epochs over the same tensor on
-    every rank): such a run resumes onto any number of processes with the same global batch."""
+    every rank): such a run resumes onto any number of processes with the same global batch. A
+    latent-sharded run's ranks all read the whole data order ("replicated"): it resumes onto any
+    number of processes that divides d_sae."""
+    if config.parallel == "latents":
+        return {"mode": SHARDED_MODE, "world_size": world().size, "order": "replicated"}
     shared = isinstance(data, TensorBatches) and data.world_size == world().size
     return {"mode": PARALLEL_MODE, "world_size": world().size, "order": "global" if shared else "per_rank"}
 
@@ -351,7 +396,7 @@ def _steps(
         bar.update(1)
         if run.state.step % config.log_every == 0 or run.state.step == run.state.total_steps:
             record = log_record(run, terms)
-            tokens = (run.state.step - start_step) * config.batch_size * world().size  # the global batch
+            tokens = (run.state.step - start_step) * config.batch_size * data_ranks(config)  # global batch
             rate = tokens / max(time.perf_counter() - start, 1e-9)
             record["tokens_per_s"] = rate
             bar.set_postfix(
@@ -363,7 +408,8 @@ def _steps(
             if metrics_path is not None:
                 with open(metrics_path, "a") as handle:
                     handle.write(json.dumps(record) + "\n")
-        if checkpoint is not None and run.state.step % config.checkpoint_every == 0:
+        writes = checkpoint is not None or isinstance(run.sae, LatentShard)  # a shard's ranks all gather
+        if writes and run.state.step % config.checkpoint_every == 0:
             save_checkpoint(run, checkpoint, settings)
 
 
@@ -376,7 +422,7 @@ def run_settings(config: TrainConfig, metadata: dict[str, Any]) -> dict[str, Any
     the model and sites it trains on. A resume compares these (`resume_differences`). `batch_size`
     is recorded as the global batch (per-rank batch × world size; the same in one process), so a
     resume onto another number of processes is compared on what it learns from."""
-    global_batch = {"batch_size": config.batch_size * world().size}
+    global_batch = {"batch_size": config.batch_size * data_ranks(config)}
     return {**config.to_dict(), **global_batch, **{k: metadata.get(k, "") for k in RUN_METADATA}}
 
 
@@ -388,14 +434,21 @@ def trim_metrics(path: Path, step: int) -> None:
     write_text(path, "\n".join(kept) + "\n" if kept else "")
 
 
-def save_checkpoint(run: Run, path: Path, settings: dict[str, Any]) -> None:
+def save_checkpoint(run: Run, path: Path | None, settings: dict[str, Any]) -> None:
     """Everything a resume needs, with the run's settings, written to a staging file that is renamed
-    into place: a run killed mid-write (Ctrl-C included) leaves the previous checkpoint whole."""
+    into place: a run killed mid-write (Ctrl-C included) leaves the previous checkpoint whole.
+    Latent-sharded, every rank gathers the whole SAE and optimiser state; rank 0 (`path`) writes it."""
+    if isinstance(run.sae, LatentShard):
+        sae_state, optimizer_state = gather_state(run.sae, run.optimizer)
+    else:
+        sae_state, optimizer_state = run.sae.state_dict(), run.optimizer.state_dict()
+    if path is None:
+        return
     with staged_file(path) as staging:
         torch.save(
             {
-                "sae": run.sae.state_dict(),
-                "optimizer": run.optimizer.state_dict(),
+                "sae": sae_state,
+                "optimizer": optimizer_state,
                 "step": run.state.step,
                 "tokens_since_fired": run.state.tokens_since_fired,
                 "coefficient_multiplier": run.state.coefficient_multiplier,
@@ -445,9 +498,10 @@ def check_parallel(path: Path, saved: dict[str, Any], current: dict[str, Any]) -
     if mode != here[0]:
         raise ConfigError(
             f"{str(path.parent)!r} holds a checkpoint of a {mode!r} run; this run is {here[0]!r}. Resume it "
-            "in the mode that wrote it, or use another output folder"
+            f"in the mode that wrote it (--parallel {MODE_OPTION.get(mode, mode)}), or use another output folder"
         )
-    movable = saved.get("order", "per_rank") == "global" == current.get("order")  # older: per rank
+    order = saved.get("order", "per_rank")  # older: per rank
+    movable = order == current.get("order") and order in ("global", "replicated")
     if size != here[1] and not movable:
         raise ConfigError(
             f"{str(path.parent)!r} holds a checkpoint written by {size} process(es) and this run has {here[1]}: "
