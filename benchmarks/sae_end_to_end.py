@@ -43,11 +43,12 @@ def corpus_file(folder: Path, n_documents: int = 800) -> Path:
     return path
 
 
-def run_rama(model: Any, args: Any, work: Path, stream: bool) -> float:
+def run_rama(model: Any, args: Any, work: Path, stream: bool, select_dtype: str = "float32") -> float:
     config = TrainConfig.create(
         architecture="topk",
         d_sae=args.width,
         k=args.k,
+        select_dtype=select_dtype,
         total_tokens=args.tokens,
         batch_size=4096,
         progress=False,
@@ -58,7 +59,7 @@ def run_rama(model: Any, args: Any, work: Path, stream: bool) -> float:
         batch_size=32,
         context_size=128,
     )
-    out = work / f"rama-{'stream' if stream else 'memory'}"
+    out = work / f"rama-{'stream' if stream else 'memory'}-{select_dtype}"
     start = time.perf_counter()
     train(
         model,
@@ -186,6 +187,9 @@ def main() -> None:
                 model, args, work, stream=True
             )
             results["rama, harvest then train"] = run_rama(model, args, work, stream=False)
+            results["rama, harvest then train, select_dtype=bfloat16"] = run_rama(
+                model, args, work, stream=False, select_dtype="bfloat16"
+            )
         hf = type(model.hf).from_pretrained(models_cache() / "smollm2-135m").eval()
         if "saelens" in only:
             results["SAELens LanguageModelSAETrainingRunner"] = run_saelens(hf, model.tokenizer, corpus, args)
