@@ -60,8 +60,8 @@ def test_each_slice_encodes_exactly_as_the_whole_sae(sharded: Path) -> None:
     duplicated = codes[0]["duplicated"][0]
     assert duplicated[3] > 0 and duplicated[3] == duplicated[40]  # the tie inside the top-k: both kept
     # at the k-th place latents 2 (rank 0's slice) and 6 (rank 1's) tie: the lower id wins, on every
-    # rank. torch.topk documents no tie rule; on this CPU the whole SAE keeps 6 here (and the lower id
-    # when k * 64 <= d_sae), so exact equality holds whenever the k-th and (k+1)-th values differ.
+    # rank. torch.topk documents no tie rule (on this CPU the whole SAE keeps 6 here), so exact
+    # equality with it holds whenever a token's k-th and (k+1)-th pre-activations differ.
     for rank in (0, 1):
         assert codes[rank]["boundary_tie"][0].nonzero().flatten().tolist() == [1, 2]
 
