@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -24,6 +24,7 @@ from rama.hooks.core import (
 )
 from rama.hooks.tokens import Batch, ContextTooLongError, Inputs, check_mask, pad_id, tokenize
 from rama.models.config import ModelConfig
+from rama.models.device_map import DeviceMap, placement
 from rama.models.loading import load_hf
 from rama.models.registry import adapter_for
 from rama.models.sites import block_site
@@ -64,6 +65,11 @@ class HookedModel:
 
     @property
     def device(self) -> torch.device:
+        """Where inputs go: with a device_map, the device accelerate runs the model from (its first
+        parameters may be offloaded to "meta")."""
+        execution_device = getattr(getattr(self.hf, "_hf_hook", None), "execution_device", None)
+        if execution_device is not None:
+            return torch.device(execution_device)
         return next(self.hf.parameters()).device
 
     @property
@@ -336,16 +342,32 @@ def load(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     attn_implementation: str | None = None,
+    device_map: DeviceMap | None = None,
+    offload_folder: str | os.PathLike[str] | None = None,
+    max_memory: Mapping[int | str, int | str] | None = None,
 ) -> HookedModel:
     """A `HookedModel` from a built-in name (`smollm2-135m`, `minilm-l6`), a local HF folder, a hub id,
-    or an already-constructed `transformers` model plus its tokenizer."""
+    or an already-constructed `transformers` model plus its tokenizer.
+
+    `device_map` spreads a model bigger than one device over GPUs, CPU and disk as Hugging Face does
+    ("auto", or {module name: "cpu" | "disk" | GPU index | "cuda:N"}); "disk" needs `offload_folder`.
+    Every site still gives the numbers of the unsplit model (docs/scale-device-map.md)."""
     if isinstance(name_or_path, nn.Module):
         if tokenizer is None:
             raise TypeError("pass the model's tokenizer too: rama.load(model, tokenizer)")
+        if device_map is not None:
+            raise ConfigError(
+                "device_map applies when rama loads the weights; give a name or folder, not a model"
+            )
         name_or_path.eval()
         return HookedModel(name_or_path, tokenizer)
+    if device_map is None and (offload_folder is not None or max_memory is not None):
+        raise ConfigError(
+            "offload_folder and max_memory only apply with a device_map (e.g. device_map='auto')"
+        )
+    where = None if device_map is None else placement(device_map, offload_folder, max_memory)
     hf_model, hf_tokenizer = load_hf(
-        name_or_path, device=device, dtype=dtype, attn_implementation=attn_implementation
+        name_or_path, device=device, dtype=dtype, attn_implementation=attn_implementation, placement=where
     )
     if hf_tokenizer.pad_token_id is None and hf_tokenizer.eos_token_id is not None:
         hf_tokenizer.pad_token = hf_tokenizer.eos_token

