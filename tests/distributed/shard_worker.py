@@ -5,7 +5,8 @@ real process with torchrun's environment variables.
 saves the dense codes to OUT/codes<r>.pt (random inputs, latents duplicated across the two slices,
 and a tie at the k-th place); (2) trains the ddp_worker run latent-sharded (every rank the same
 batches of 128) with its checkpoint in OUT/checkpoint, copying the step-20 checkpoint to OUT/step20
-(rank 0), and saves the returned SAE to OUT/rank<r>.pt. Errors print as the CLI prints them.
+(rank 0), and saves the returned SAE to OUT/rank<r>.pt; (3) trains the same run as a BatchTopK SAE
+(no checkpoint) and saves it to OUT/batchtopk<r>.pt. Errors print as the CLI prints them.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from rama.sae.latent_sharding import LatentShard, ShardLayout
 
 BATCH = 128
 SHARDED = {**SETTINGS, "parallel": "latents", "dead_after_tokens": 128, "checkpoint_every": 20}
+BATCH_WIDE = {**SHARDED, "architecture": "batchtopk", "total_tokens": 20 * BATCH, "dead_after_tokens": 10**9}
 
 
 def encoder_cases() -> dict[str, tuple[SAE, torch.Tensor]]:
@@ -84,6 +86,8 @@ def main() -> int:
         folder = str(out / "checkpoint")
         torch.save(fit(CopyingBatches(out), batch_size=BATCH, checkpoint_dir=folder, **SHARDED).state_dict(),
                    out / f"rank{world().rank}.pt")  # fmt: skip
+        batch_wide = fit(activations(), batch_size=BATCH, **BATCH_WIDE)
+        torch.save(batch_wide.state_dict(), out / f"batchtopk{world().rank}.pt")
     except RamaError as error:
         print(f"rama: error: {error}", file=sys.stderr)
         return 1

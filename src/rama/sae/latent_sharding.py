@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.nn import functional as F
 
 from rama.distributed import all_reduce_tensor, world
 from rama.distributed.collectives import guarded
@@ -26,7 +27,7 @@ from rama.sae.base import SAE, LossOutput, TrainState, fired_latents, mse_fvu
 from rama.sae.topk import GatherPre, TopKConfig, dense_codes, sparse_decode
 
 MODE = "latent_sharded"  # what a checkpoint records
-SHARDABLE = ("topk",)
+SHARDABLE = ("topk", "batchtopk")
 SHARD_DIMS = {"W_enc": 1, "b_enc": 0, "W_dec": 0}  # the latent axis of each sliced weight
 
 
@@ -121,6 +122,7 @@ class LatentShard(SAE):
     """One rank's slice of a TopK SAE, trained with the others (`loss` is collective)."""
 
     settings: TopKConfig
+    threshold: torch.Tensor  # BatchTopK only
 
     def __init__(self, full: SAE, layout: ShardLayout) -> None:
         if full.architecture not in SHARDABLE:  # normally refused earlier, by check_shardable
@@ -129,6 +131,9 @@ class LatentShard(SAE):
         self.full_cfg, self.layout = full.cfg, layout
         assert isinstance(full.cfg.arch, TopKConfig)
         self.settings = full.cfg.arch
+        self.batch_wide = full.architecture == "batchtopk"  # the batch's k·B largest, not k per token
+        if self.batch_wide:
+            self.register_buffer("threshold", torch.tensor(-1.0))
         with torch.no_grad():
             for name, value in full.state_dict().items():
                 dim = SHARD_DIMS.get(name)
@@ -162,6 +167,8 @@ class LatentShard(SAE):
 
     def loss(self, x: torch.Tensor, target: torch.Tensor, state: TrainState) -> LossOutput:
         centred = ShareInput.apply(x - self.b_dec) if self.subtracts_b_dec else x
+        if self.batch_wide:
+            return self.batch_loss(x, centred, target, state)
         with torch.no_grad():
             pre = torch.addmm(self.b_enc, centred, self.W_enc)
         values, chosen = self.top_per_row(pre, self.settings.k)
@@ -173,6 +180,49 @@ class LatentShard(SAE):
         fired = fired_latents(chosen, active, self.layout.d_sae)
         l0 = active.sum(-1).float().mean()
         return LossOutput(loss, reconstruction, fired, {"fvu": fvu.detach(), "aux_k": aux.detach(), "l0": l0})
+
+    def batch_loss(
+        self, x: torch.Tensor, centred: torch.Tensor, target: torch.Tensor, state: TrainState
+    ) -> LossOutput:
+        """BatchTopK's loss (`rama.sae.batchtopk`): the global top k·B over flat ids `row·d_sae + latent`."""
+        batch, d_sae, local = x.shape[0], self.layout.d_sae, self.layout.local
+        pre = torch.addmm(self.b_enc, centred, self.W_enc)  # [batch, local], in the graph
+        acts = pre.relu()
+        count = min(batch * d_sae, self.settings.k * batch)
+        values, flat = acts.detach().flatten().topk(min(count, batch * local), sorted=False)
+        ids = flat // local * d_sae + self.layout.offset + flat % local
+        kept, chosen = (t[0] for t in select_global(values[None], ids[None], count))
+        rows, cols = chosen // d_sae, chosen % d_sae - self.layout.offset
+        mine = (cols >= 0) & (cols < local)
+        rows, cols = rows[mine], cols[mine]
+        order = rows.argsort()
+        rows, cols = rows[order], cols[order]
+        counts = torch.bincount(rows, minlength=batch)
+        partial = F.embedding_bag(
+            cols,
+            self.W_dec,
+            torch.cumsum(counts, 0) - counts,
+            per_sample_weights=acts[rows, cols],
+            mode="sum",
+        )
+        reconstruction = SumOverShards.apply(partial) + self.b_dec + self.skip(x)
+        _, fvu = mse_fvu(reconstruction, target)
+        aux = self.aux_loss(pre.detach(), centred, target - reconstruction, state.dead_mask())
+        self.move_threshold(kept)
+        active = kept > 0
+        fired = fired_latents(chosen % d_sae, active, d_sae)
+        loss = fvu + self.settings.aux_k_coefficient * aux
+        terms = {"fvu": fvu.detach(), "aux_k": aux.detach(), "l0": active.sum().float() / batch}
+        return LossOutput(loss, reconstruction, fired, terms)
+
+    @torch.no_grad()
+    def move_threshold(self, kept: torch.Tensor, momentum: float = 0.99) -> None:
+        """BatchTopK's running estimate of the smallest kept activation, from the global selection."""
+        smallest = kept.masked_fill(kept <= 0, float("inf")).min()
+        first = self.threshold < 0
+        moved = torch.where(first, smallest, self.threshold * momentum + (1 - momentum) * smallest)
+        if bool((kept > 0).any()):
+            self.threshold.copy_(moved)
 
     def aux_loss(
         self, pre: torch.Tensor, x: torch.Tensor, residual: torch.Tensor, dead: torch.Tensor | None
