@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -77,6 +78,22 @@ _BROKEN: set[bool] = set()  # non-empty once a collective has failed
 def world() -> World:
     """The current world: rank 0 of 1 unless `setup_distributed` joined a process group."""
     return _STATE.get("world", World())
+
+
+@contextlib.contextmanager
+def alone() -> Iterator[World]:
+    """Inside the block `world()` is rank 0 of 1, so every collective is a no-op: for work one rank
+    does by itself inside a process group (the SAEs of the sites it alone trains). Not thread-safe:
+    no other thread of this process may run collectives meanwhile. The group is restored after."""
+    saved = _STATE.get("world")
+    _STATE["world"] = World()
+    try:
+        yield _STATE["world"]
+    finally:
+        if saved is None:
+            _STATE.pop("world", None)
+        else:
+            _STATE["world"] = saved
 
 
 def _env_int(name: str, default: int) -> int:

@@ -9,6 +9,11 @@ an output folder at a time (`<out>.lock` beside it); the folders are checked bef
 Under torchrun (docs/distributed.md) every rank harvests its own stride of the token stream (model
 batches r, r + N, ... of N ranks) and trains a replica; rank 0 alone locks and writes the output
 folder, its checkpoints and metrics, and evaluates the SAE.
+
+With `distribute_sites=True` (docs/scale-sites.md) the jobs are instead spread over the ranks
+(`site_owners`): every rank runs the model once on its stride for all sites, each site's rows are
+gathered to the rank that owns it, in single-process order, and that rank alone trains, writes and
+evaluates it as one process would (nothing is written twice).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import torch.distributed as dist
 
 from rama.activations import (
     BatchSource,
@@ -32,12 +38,14 @@ from rama.activations import (
     TensorBatches,
     cache_activations,
     harvest,
+    kept_activations,
     stream_buffer_tokens,
     stream_harvest_tokens,
 )
 from rama.atomic import remove_stale_staging, write_text
-from rama.distributed import all_reduce_tensor, is_main, run_on_main, setup_distributed, world
-from rama.errors import ConfigError, OutputError
+from rama.distributed import all_reduce_tensor, alone, is_main, run_on_main, setup_distributed, world
+from rama.distributed.collectives import guarded
+from rama.errors import ConfigError, InputError, OutputError
 from rama.hooks.model import HookedModel
 from rama.locking import exclusive
 from rama.sae.base import SAE
@@ -80,6 +88,27 @@ class Prepared:
     wait_seconds: float  # spent before training could start (harvest, cache build, stream sample)
     harvested_tokens: int = 0  # rows harvested for it (a stream counts its own while training)
     harvest_seconds: float = 0.0
+
+
+def data_world(jobs: list[Job]) -> tuple[int, int]:
+    """(rank, world size) the data is strided over: this rank's, except under latent sharding,
+    where every rank must see the same tokens (rank 0 of 1). Jobs mixing the two: ConfigError."""
+    modes = sorted({job.config.parallel for job in jobs})
+    if len(modes) > 1:
+        raise ConfigError(f"the jobs mix parallel modes ({', '.join(modes)}); train each mode in its own run")
+    return (0, 1) if modes == ["latents"] else (world().rank, world().size)
+
+
+def site_owners(costs: list[int], size: int) -> list[int]:
+    """The rank that trains each job, from its cost (d_sae × (d_in + d_out)): the costliest job
+    first (ties: the earlier job) to the least loaded rank (ties: the lowest). Equal costs give
+    round-robin: job i to rank i mod size. More ranks than jobs: the extra ranks only harvest."""
+    loads = [0] * size
+    owners = [0] * len(costs)
+    for index in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        rank = min(range(size), key=lambda r: (loads[r], r))
+        owners[index], loads[rank] = rank, loads[rank] + costs[index]
+    return owners
 
 
 def check_output(out: Path) -> None:
@@ -140,7 +169,7 @@ def plan_data(
     else:
         kind = "stream" if stream else "memory"
     default_tokens = stream_harvest_tokens(total, batch) if kind == "stream" else total
-    size = world().size
+    size = data_world(jobs)[1]
     if kind == "stream" and size > 1:  # each rank streams total / size tokens through its own buffer,
         model_batch = HarvestConfig.batch_size * HarvestConfig.context_size  # in whole model batches
         per_rank = -(-stream_harvest_tokens(total // size, batch) // model_batch)  # every rank the same
@@ -158,7 +187,7 @@ def open_sources(model: HookedModel, jobs: list[Job], plan: DataPlan) -> list[Pr
     if plan.kind == "stream":
         return [stream_source(model, job, plan) for job in jobs]
     start = time.perf_counter()
-    rank, size = world().rank, world().size
+    rank, size = data_world(jobs)
     if plan.kind == "disk":
         assert plan.cache is not None
         rows = shared_cache(model, sites, plan)["tokens"]
@@ -206,7 +235,7 @@ def stream_source(model: HookedModel, job: Job, plan: DataPlan) -> Prepared:
     """A stream for one job (this rank's stride of the token stream), its shuffle buffer no bigger
     than the rank's share of the run needs."""
     start = time.perf_counter()
-    size = world().size
+    rank, size = data_world([job])
     buffer = stream_buffer_tokens(job.config.total_tokens // size, job.config.batch_size)
     source = StreamingBatches(
         model,
@@ -217,7 +246,7 @@ def stream_source(model: HookedModel, job: Job, plan: DataPlan) -> Prepared:
         buffer,
         plan.corpus,
         job.config.seed,
-        rank=world().rank,
+        rank=rank,
         world_size=size,
     )
     return Prepared(job, source, time.perf_counter() - start)
@@ -259,21 +288,172 @@ def train_many(
     eval_tokens: int = 16_384,
     stream: bool | None = None,
     activation_cache: str | Path | None = None,
+    distribute_sites: bool = False,
 ) -> list[tuple[SAE, dict[str, Any]]]:
     """Several SAEs (sites, widths, sparsities) from one harvest or cache (a stream per job).
-    Under torchrun every rank calls it; rank 0 alone locks, checks and writes the output folders."""
+    Under torchrun every rank calls it; rank 0 alone locks, checks and writes the output folders.
+    With `distribute_sites`, each job is trained by one rank (`site_owners`) from one shared model
+    pass, and each rank returns the results of its own jobs only (in job order)."""
     if len({job.out.absolute() for job in jobs}) != len(jobs):
         raise ConfigError("two jobs write the same output folder; give each its own")
+    data_world(jobs)  # refuses a job list mixing parallel modes
+    if distribute_sites:
+        stream = check_distributed_sites(jobs, stream)
     for job in jobs:
         check_output(job.out)
     setup_distributed(jobs[0].config.device)  # torchrun's process group; nothing in one process
     plan = plan_data(jobs, stream=stream, activation_cache=activation_cache,
                      harvest_config=harvest_config, corpus=corpus)  # fmt: skip
     with ExitStack() as locks:
+        if distribute_sites:
+            return train_distributed_sites(model, jobs, plan, eval_tokens, locks)
         run_on_main(lambda: lock_outputs(locks, jobs), "the output folders")
         return [
             train_prepared(model, prepared, plan, eval_tokens) for prepared in open_sources(model, jobs, plan)
         ]
+
+
+def check_distributed_sites(jobs: list[Job], stream: bool | None) -> bool:
+    """The combinations `distribute_sites` supports: data-parallel jobs, harvested in memory (the
+    default there) or read from an activation cache. Returns `stream` as it must be (False)."""
+    if any(job.config.parallel != "data" for job in jobs):
+        raise ConfigError(
+            "distribute_sites gives each rank whole SAEs, so it cannot shard one across ranks: use "
+            "parallel='latents' without distribute_sites, or distribute_sites with parallel='data'"
+        )
+    if stream:
+        raise ConfigError(
+            "distribute_sites harvests in memory or reads an activation cache; it does not stream: "
+            "leave stream unset (or False), or pass activation_cache=DIR"
+        )
+    return False
+
+
+def train_distributed_sites(
+    model: HookedModel, jobs: list[Job], plan: DataPlan, eval_tokens: int, locks: ExitStack
+) -> list[tuple[SAE, dict[str, Any]]]:
+    """Each rank locks, trains, writes and evaluates its own jobs' folders, alone (no collective)."""
+    current = world()
+    costs = [job_cost(model, job) for job in jobs]
+    owners = site_owners(costs, current.size)
+    mine = [job for job, owner in zip(jobs, owners, strict=True) if owner == current.rank]
+    failure: BaseException | None = None
+    try:
+        lock_outputs(locks, mine)
+    except BaseException as error:  # re-raised below, once every rank knows
+        failure = error
+    refused = all_reduce_tensor(
+        torch.tensor([failure is not None], dtype=torch.long), what="the output locks"
+    )
+    if failure is not None:
+        raise failure
+    if int(refused[0]):
+        raise OutputError(f"rank {current.rank}: another rank refused its output folders (see its error)")
+    prepared = site_sources(model, jobs, owners, plan)
+    results = []
+    with alone():
+        for item in prepared:
+            sae, metrics = train_prepared(model, item, plan, eval_tokens)
+            results.append((sae, {**metrics, "processes": current.size, "site_rank": current.rank}))
+    return results
+
+
+def job_cost(model: HookedModel, job: Job) -> int:
+    """What training the job costs, relatively: d_sae × (d_in + d_out)."""
+    width_in = model.site_shape(job.site)[-1]
+    width_out = model.site_shape(job.site_out)[-1] if job.site_out else width_in
+    return job.config.d_sae * (width_in + width_out)
+
+
+def site_sources(model: HookedModel, jobs: list[Job], owners: list[int], plan: DataPlan) -> list[Prepared]:
+    """This rank's jobs' batch sources, each over the whole token stream in single-process order."""
+    rank = world().rank
+    mine = [job for job, owner in zip(jobs, owners, strict=True) if owner == rank]
+    start = time.perf_counter()
+    if plan.kind == "disk":  # one cache for all sites; each owner reads all of its sites' rows
+        assert plan.cache is not None
+        sites = sorted({s for job in jobs for s in (job.site, job.site_out) if s}, key=model.sites.index)
+        rows = shared_cache(model, sites, plan)["tokens"]
+        seconds = time.perf_counter() - start
+        return [
+            Prepared(
+                job,
+                DiskActivations(
+                    plan.cache, job.site, job.site_out, job.config.batch_size, seed=job.config.seed
+                ),
+                seconds,
+                rows,
+                seconds,
+            )
+            for job in mine
+        ]
+    acts = gathered_harvest(model, jobs, owners, plan)
+    seconds = time.perf_counter() - start
+    return [
+        Prepared(
+            job,
+            TensorBatches(
+                acts[job.site], acts.get(job.site_out or ""), job.config.batch_size, job.config.seed
+            ),
+            seconds,
+            acts[job.site].shape[0],
+            seconds,
+        )
+        for job in mine
+    ]
+
+
+def gathered_harvest(
+    model: HookedModel, jobs: list[Job], owners: list[int], plan: DataPlan
+) -> dict[str, torch.Tensor]:
+    """`{site: [n_tokens, d]}` of the whole stream for the sites this rank owns: every rank runs the
+    model once on its stride (model batches r, r + N, ...) for every site, then each site's rows are
+    gathered to each rank that owns a job reading it and put back in model-batch order, so the
+    result equals a single-process harvest."""
+    current = world()
+    sites = sorted({s for job in jobs for s in (job.site, job.site_out) if s}, key=model.sites.index)
+    chunks = list(kept_activations(model, sites, plan.harvest, plan.corpus,
+                                   rank=current.rank, world_size=current.size))  # fmt: skip
+    slots = -(-plan.harvest.model_batches() // current.size)
+    counts = torch.zeros(current.size, slots, dtype=torch.long)  # [rank, i]: rows of model batch i·N + rank
+    counts[current.rank, : len(chunks)] = torch.tensor(
+        [c[sites[0]].shape[0] for c in chunks], dtype=torch.long
+    )
+    all_reduce_tensor(counts, what="the harvested row counts")
+    if int(counts.sum()) == 0:
+        raise InputError(
+            f"the corpus gave no batch of {plan.harvest.batch_size} × {plan.harvest.context_size} tokens"
+        )
+    dtype = getattr(torch, plan.harvest.dtype)
+    acts: dict[str, torch.Tensor] = {}
+    for site in sites:
+        readers = sorted(
+            {owner for job, owner in zip(jobs, owners, strict=True) if site in (job.site, job.site_out)}
+        )
+        width = model.site_shape(site)[-1]
+        own = torch.cat([c[site].cpu() for c in chunks]) if chunks else torch.zeros(0, width)
+        for dst in readers:
+            rows = gather_rows(own, counts, dst, f"the gather of {site} to rank {dst}")
+            if rows is not None:
+                acts[site] = rows.to(dtype)
+    return acts
+
+
+def gather_rows(own: torch.Tensor, counts: torch.Tensor, dst: int, what: str) -> torch.Tensor | None:
+    """Every rank's rows `[n_r, d]` on rank `dst`, interleaved back into model-batch order (batch
+    i·N + r is rank r's i-th); None on the other ranks. Padded to the largest share (gloo's gather
+    takes equal sizes)."""
+    current = world()
+    totals = counts.sum(1)
+    padded = torch.zeros(int(totals.max()), own.shape[1], dtype=torch.float32)
+    padded[: own.shape[0]] = own.float()
+    parts = [torch.empty_like(padded) for _ in range(current.size)] if current.rank == dst else None
+    guarded(what, lambda: dist.gather(padded, parts, dst=dst))
+    if parts is None:
+        return None
+    pieces = [list(part[: int(totals[r])].split(counts[r].tolist())) for r, part in enumerate(parts)]
+    ordered = [pieces[r][i] for i in range(counts.shape[1]) for r in range(current.size)]
+    return torch.cat(ordered)
 
 
 def lock_outputs(locks: ExitStack, jobs: list[Job]) -> None:
