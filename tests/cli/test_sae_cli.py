@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from cli_helpers import rama_in_process
 from rama.cli.main import parse
 from rama.cli.sae import SAERunOptions, train_config_from_args
-from rama.sae import GatedConfig, L1Config, MatryoshkaConfig, TopKConfig, TrainConfig, train
+from rama.sae import SAE, GatedConfig, L1Config, MatryoshkaConfig, TopKConfig, TrainConfig, train
 
 KEYS = {
     "fvu",
@@ -256,3 +257,40 @@ def test_ctrl_c_leaves_a_checkpoint_that_the_same_command_resumes(
     resumed = rama_in_process(*args)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((out / "metrics.json").read_text())["tokens"] == 8192
+
+
+def test_several_sites_train_one_sae_each_into_subfolders(tmp_path: Path) -> None:
+    import transformers as tf
+
+    from features.feature_helpers import word_tokenizer
+    from tiny_models import CONFIGS
+
+    config = CONFIGS["llama"]()
+    config.max_position_embeddings = 128  # the CLI harvests contexts of 128 tokens
+    torch.manual_seed(0)
+    tf.AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "model")
+    word_tokenizer().save_pretrained(tmp_path / "model")
+    words = [" ".join(f"w{3 + (7 * i + j) % 94}" for j in range(3000)) for i in range(30)]
+    (tmp_path / "words.jsonl").write_text("".join(json.dumps({"text": w}) + "\n" for w in words))
+    sites = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+    args = ["sae", "train", "--model", str(tmp_path / "model"), "--site", ",".join(sites), "--corpus",
+            str(tmp_path / "words.jsonl"), "--d-sae", "48", "--k", "4", "--batch-size", "32", "--total-tokens",
+            "640", "--harvest-tokens", "640", "--eval-tokens", "128", "--no-progress", "--out", str(tmp_path / "out")]  # fmt: skip
+    result = rama_in_process(*args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_dir()) == sites
+    for site in sites:
+        assert SAE.load(tmp_path / "out" / site).cfg.hook_name == site
+        assert f"wrote {tmp_path / 'out' / site / 'metrics.json'}" in result.stdout
+
+
+def test_site_lists_are_checked_before_the_model_loads(tmp_path: Path) -> None:
+    out = str(tmp_path / "s")
+    for args, expected in [
+        (["--site", "a,a"], "distinct comma-separated sites"),
+        (["--site", "a,b", "--site-out", "c"], "give it one --site"),
+        (["--distribute-sites", "--parallel", "latents"], "--parallel data only"),
+    ]:
+        result = rama_in_process("sae", "train", *args, "--out", out)
+        assert result.returncode != 0 and expected in result.stderr, result.stderr
+        assert not (tmp_path / "s").exists()

@@ -33,7 +33,10 @@ class SAERunOptions:
     """What a `rama sae train` run needs besides its TrainConfig: model, sites, data and output."""
 
     model: str = option("smollm2-135m", "built-in name, local HF folder or hub id")
-    site: str = option("blocks.9.hook_resid_post", "the site the SAE reads")
+    site: str = option(
+        "blocks.9.hook_resid_post",
+        "the site the SAE reads; several, comma-separated, train one SAE each into --out/<site>",
+    )
     site_out: str | None = option(None, "train a transcoder that predicts this site instead")
     harvest_tokens: int | None = option(
         None,
@@ -53,6 +56,20 @@ class SAERunOptions:
         "reused by later runs with the same model, corpus, seed and --harvest-tokens",
     )
     out: str = option("rama-sae", "output folder (must not hold a finished run; a killed run resumes)")
+    distribute_sites: bool = option(
+        False,
+        "under torchrun, give each rank whole sites (one shared model pass, each site's activations "
+        "gathered to its rank) instead of training every site data parallel on all ranks",
+    )
+
+    def sites(self) -> list[str]:
+        """The --site value as a list (one site: itself)."""
+        return [part.strip() for part in self.site.split(",")]
+
+    def outputs(self) -> list[Path]:
+        """Each site's output folder: --out itself for one site, else --out/<site>."""
+        sites = self.sites()
+        return [Path(self.out)] if len(sites) == 1 else [Path(self.out) / site for site in sites]
 
 
 @dataclass(frozen=True)
@@ -167,7 +184,23 @@ def check_run(options: SAERunOptions, config: TrainConfig) -> None:
         check_device(config.device)
     except ConfigError as error:
         raise ConfigError(f"--device: {error}") from None
-    check_output(Path(options.out))
+    check_sites(options, config)
+    for out in options.outputs():
+        check_output(out)
+
+
+def check_sites(options: SAERunOptions, config: TrainConfig) -> None:
+    """Several sites: distinct, no transcoder; --distribute-sites only with --parallel data."""
+    sites = options.sites()
+    if "" in sites or len(set(sites)) != len(sites):
+        raise ConfigError(f"--site takes distinct comma-separated sites; got {options.site!r}")
+    if len(sites) > 1 and options.site_out is not None:
+        raise ConfigError("--site-out trains one transcoder: give it one --site, not several")
+    if options.distribute_sites and config.parallel != "data":
+        raise ConfigError(
+            "--distribute-sites gives each rank whole SAEs and works with --parallel data only; "
+            "--parallel latents shards one SAE over every rank (without --distribute-sites)"
+        )
 
 
 def run_train(namespace: argparse.Namespace) -> int:
@@ -196,20 +229,48 @@ def train_and_report(options: SAERunOptions, config: TrainConfig) -> int:
         if options.harvest_tokens is None
         else HarvestConfig(tokens=options.harvest_tokens, seed=config.seed)
     )
-    _, metrics = train(
+    if len(options.sites()) == 1 and not options.distribute_sites:  # one site: exactly as before
+        _, metrics = train(
+            model,
+            model.resolve(options.site)[0],
+            options.out,
+            config=config,
+            corpus=options.corpus,
+            harvest_config=harvest_config,
+            eval_tokens=options.eval_tokens,
+            site_out=options.site_out,
+            stream=options.stream,
+            activation_cache=options.activation_cache,
+        )
+        print_metrics(metrics)
+        print(f"wrote {Path(options.out) / 'metrics.json'}")
+        return 0
+    return train_sites(model, options, config, harvest_config)
+
+
+def train_sites(model: Any, options: SAERunOptions, config: TrainConfig, harvest_config: Any) -> int:
+    """Several sites (or --distribute-sites): one job per site; print the SAEs this rank trained."""
+    from rama.sae import train_many
+    from rama.sae.runner import Job
+
+    sites = [model.resolve(site)[0] for site in options.sites()]
+    outs = options.outputs()
+    jobs = [Job(site, out, config, options.site_out) for site, out in zip(sites, outs, strict=True)]
+    results = train_many(
         model,
-        model.resolve(options.site)[0],
-        options.out,
-        config=config,
+        jobs,
         corpus=options.corpus,
         harvest_config=harvest_config,
         eval_tokens=options.eval_tokens,
-        site_out=options.site_out,
         stream=options.stream,
         activation_cache=options.activation_cache,
+        distribute_sites=options.distribute_sites,
     )
-    print_metrics(metrics)
-    print(f"wrote {Path(options.out) / 'metrics.json'}")
+    folders = {job.site: job.out for job in jobs}
+    for sae, metrics in results:
+        print(f"== {sae.cfg.hook_name}")
+        print_metrics(metrics)
+        print(f"wrote {folders[sae.cfg.hook_name] / 'metrics.json'}")
     return 0
 
 
