@@ -219,7 +219,6 @@ def train_and_report(options: SAERunOptions, config: TrainConfig) -> int:
     from rama import load
     from rama.activations import HarvestConfig
     from rama.distributed import setup_distributed
-    from rama.sae import train
 
     # Under torchrun, join first: on CUDA that makes "cuda" mean this rank's GPU before the model loads.
     setup_distributed(config.device)
@@ -229,27 +228,12 @@ def train_and_report(options: SAERunOptions, config: TrainConfig) -> int:
         if options.harvest_tokens is None
         else HarvestConfig(tokens=options.harvest_tokens, seed=config.seed)
     )
-    if len(options.sites()) == 1 and not options.distribute_sites:  # one site: exactly as before
-        _, metrics = train(
-            model,
-            model.resolve(options.site)[0],
-            options.out,
-            config=config,
-            corpus=options.corpus,
-            harvest_config=harvest_config,
-            eval_tokens=options.eval_tokens,
-            site_out=options.site_out,
-            stream=options.stream,
-            activation_cache=options.activation_cache,
-        )
-        print_metrics(metrics)
-        print(f"wrote {Path(options.out) / 'metrics.json'}")
-        return 0
     return train_sites(model, options, config, harvest_config)
 
 
 def train_sites(model: Any, options: SAERunOptions, config: TrainConfig, harvest_config: Any) -> int:
-    """Several sites (or --distribute-sites): one job per site; print the SAEs this rank trained."""
+    """One job per site (`train` is `train_many` of one job); print the SAEs this rank trained, each
+    under its site's name when there are several."""
     from rama.sae import train_many
     from rama.sae.runner import Job
 
@@ -268,7 +252,8 @@ def train_sites(model: Any, options: SAERunOptions, config: TrainConfig, harvest
     )
     folders = {job.site: job.out for job in jobs}
     for sae, metrics in results:
-        print(f"== {sae.cfg.hook_name}")
+        if len(jobs) > 1:
+            print(f"== {sae.cfg.hook_name}")
         print_metrics(metrics)
         print(f"wrote {folders[sae.cfg.hook_name] / 'metrics.json'}")
     return 0
