@@ -352,6 +352,7 @@ def plot_scaling(records: list[dict[str, Any]], fits: ScalingFits, path: str | P
              title=f"FVU vs width ({top:,} tokens; lines: joint fit)")  # fmt: skip
     right.set(xscale="log", yscale="log", xlabel="training compute C (≈ 6·d_in·n·tokens FLOPs)",
               ylabel="held-out FVU", title="FVU vs compute (dashed: frontier fit)")  # fmt: skip
+    right.xaxis.set_minor_formatter(plt.NullFormatter())  # minor labels collide across a decade
     for axis in (left, right):
         axis.legend(fontsize=8)
         axis.grid(True, which="both", alpha=0.3)
