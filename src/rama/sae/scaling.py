@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.optimize import least_squares
 from tqdm import tqdm
 
 from rama.atomic import write_text
@@ -201,6 +200,8 @@ def fit_form(
     fvu: np.ndarray, starts: list[list[float]],
 ) -> Fit:  # fmt: skip
     """Least squares on log FVU from several starting points; the best fit wins."""
+    from scipy.optimize import least_squares  # here: `rama --help` need not import scipy
+
     if len(fvu) <= len(names):
         raise TooFewPointsError(
             f"the {form} form has {len(names)} parameters and needs more points than that; got {len(fvu)}"
