@@ -68,7 +68,7 @@ def tokens(model: HookedModel) -> torch.Tensor:
 
 
 def assert_same_everywhere(plain: HookedModel, split: HookedModel, skip: str = "attn.hook_result") -> None:
-    """Logits and every site equal; `hook_result` is checked apart (see the xfail test below)."""
+    """Logits and every site equal; `hook_result` is checked apart (see the offloaded-head test below)."""
     ids = tokens(plain)
     with torch.no_grad():
         logits, cache = plain.run_with_cache(ids)
@@ -118,11 +118,6 @@ def test_whole_model_on_disk_and_auto_run_from_the_cpu(tmp_path: Path) -> None:
     assert_same_everywhere(plain, auto)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hooks/core.py's hook_result reads o_proj.weight outside accelerate's forward, where an "
-    "offloaded weight is on meta; it should read it through rama.models.device_map.onloaded",
-)
 def test_head_results_of_offloaded_layers_equal_the_plain_model(tmp_path: Path) -> None:
     folder = saved(tmp_path, "llama", layers=2)
     plain = rama.load(folder)

@@ -21,6 +21,7 @@ from torch.utils.hooks import RemovableHandle
 
 from rama.errors import RamaError
 from rama.hooks import attention
+from rama.models.device_map import onloaded
 from rama.models.spec import (
     AttentionProbe,
     HeadResult,
@@ -237,7 +238,7 @@ class Attachment:
 
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
             attn_out = _output_of(output, spec.attn_out.index)
-            resid_mid = resid_pre[0] + attn_out
+            resid_mid = resid_pre[0].to(attn_out.device) + attn_out  # layers split over devices
             new = runner(resid_mid)
             if new is None:
                 return None
@@ -253,7 +254,8 @@ class Attachment:
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
             z = _input_of(z_input, args, kwargs)
             z = z.view(*z.shape[:-1], spec.n_heads, spec.d_head)
-            weight: torch.Tensor = module.weight  # type: ignore[assignment]
+            weight = onloaded(module, "weight")  # offloaded (device_map) weights live on meta here
+            assert weight is not None
             if spec.weight_is_transposed:  # Conv1D: [n_heads * d_head, d_model]
                 per_head = weight.view(spec.n_heads, spec.d_head, -1)
                 result = torch.einsum("bphd,hdm->bphm", z, per_head)
@@ -263,7 +265,7 @@ class Attachment:
             new = runner(result)
             if new is None:
                 return None
-            bias: torch.Tensor | None = getattr(module, "bias", None)
+            bias = onloaded(module, "bias")
             summed = new.sum(dim=-2)
             return _replace_output(output, 0, summed if bias is None else summed + bias)
 
