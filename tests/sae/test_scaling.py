@@ -4,7 +4,6 @@ resumes, and bad grids are refused."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
@@ -14,8 +13,8 @@ import numpy as np
 import pytest
 
 from activation_helpers import jsonl_corpus, tiny_lm
+from rama.cli.main import build_parser
 from rama.cli.options import from_args
-from rama.cli.sae_scaling import register_scaling
 from rama.errors import ConfigError, OutputError
 from rama.sae.scaling import (
     ScalingConfig,
@@ -113,10 +112,19 @@ def test_too_few_points_and_bad_grids_are_refused() -> None:
 
 
 def test_the_cli_options_are_the_config_fields() -> None:
-    parser = argparse.ArgumentParser()
-    register_scaling(parser.add_subparsers(dest="command"))
-    ns = parser.parse_args(
-        ["scaling", "--widths", "64,128", "--ks", "4,8", "--tokens", "4096,8192", "--target-fvu", "0.2"]
+    ns = build_parser().parse_args(
+        [
+            "sae",
+            "scaling",
+            "--widths",
+            "64,128",
+            "--ks",
+            "4,8",
+            "--tokens",
+            "4096,8192",
+            "--target-fvu",
+            "0.2",
+        ]
     )
     parsed = from_args(ScalingConfig, ns)
     assert (parsed.widths, parsed.ks, parsed.tokens, parsed.target_fvu) == (

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rama.cli.options import add_field, add_options, from_args, option
+from rama.cli.sae_scaling import register_scaling
 from rama.errors import ConfigError
 from rama.sae.base import REGISTRY, sae_class
 from rama.sae.train_config import TrainConfig
@@ -99,6 +100,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_options(eval_parser, SAEEvalOptions)
     eval_parser.set_defaults(handler=lambda ns: run_eval(from_args(SAEEvalOptions, ns)))
+    register_scaling(commands)
 
 
 def add_train_options(parser: argparse.ArgumentParser) -> None:
