@@ -34,14 +34,14 @@ def word_corpus(path: Path, documents: int = 200) -> Path:
     return path
 
 
-def run_ranks(out: Path, corpus: Path, size: int = 2) -> None:
+def run_ranks(out: Path, corpus: Path, *args: str, size: int = 2) -> None:
     port = free_port()
     ranks = []
     for rank in range(size):
         env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
                "LOCAL_RANK": str(rank), "WORLD_SIZE": str(size), "RAMA_DIST_TIMEOUT": "120", "OMP_NUM_THREADS": "1"}  # fmt: skip
         log = open(out.parent / f"rank{rank}.log", "w")  # noqa: SIM115 (closed when the process ends)
-        ranks.append(subprocess.Popen([sys.executable, str(WORKER), str(out), str(corpus)], env=env,
+        ranks.append(subprocess.Popen([sys.executable, str(WORKER), str(out), str(corpus), *args], env=env,
                                       stdout=log, stderr=subprocess.STDOUT))  # fmt: skip
     codes = [rank.wait(timeout=300) for rank in ranks]
     logs = [(out.parent / f"rank{r}.log").read_text()[-2000:] for r in range(size)]
@@ -72,6 +72,28 @@ def test_each_rank_trains_its_site_equal_to_one_process(tmp_path: Path) -> None:
         assert difference == 0, (site, difference)  # the same rows in the same order: bit for bit
         ranked, alone = (json.loads((d / site / "metrics.json").read_text()) for d in (out, single))
         assert ranked["harvested_tokens"] == alone["harvested_tokens"]
+
+
+def test_the_runner_shards_latents_over_ranks_as_one_process_trains(tmp_path: Path) -> None:
+    """`train_many` with parallel='latents': every rank harvests the same tokens, so the recorded
+    token counts and global batch are one process's, and the SAE equals one process's up to
+    reduction order (tests/distributed/test_latent_sharding.py bounds the same difference)."""
+    corpus = word_corpus(tmp_path / "words.jsonl")
+    out = tmp_path / "ranks"
+    out.mkdir()
+    run_ranks(out, corpus, "latents")
+    torch.set_num_threads(1)
+    single = tmp_path / "single"
+    train_many(tiny_model(), jobs(single, "latents"), corpus=corpus, harvest_config=HARVEST,
+               eval_tokens=128, stream=False)  # fmt: skip
+    site = SITES[0]
+    a, b = SAE.load(out / site).state_dict(), SAE.load(single / site).state_dict()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+    ranked, alone = (json.loads((d / site / "metrics.json").read_text()) for d in (out, single))
+    assert (ranked["harvested_tokens"], ranked["tokens"]) == (alone["harvested_tokens"], alone["tokens"])
+    assert ranked["tokens"] == 32 * 30 and ranked["processes"] == 2
+    recorded = json.loads((out / site / "train_config.json").read_text())
+    assert (recorded["parallel"], recorded["world_size"], recorded["global_batch_size"]) == ("latents", 2, 32)
 
 
 def test_assignment_is_balanced_and_round_robin_for_equal_costs() -> None:

@@ -120,6 +120,8 @@ def test_bad_input_is_refused_before_any_work(tmp_path: Path) -> None:
             batch_size=128,
             parallel="latents",
         )
+    with pytest.raises(ConfigError, match=r"select_dtype='bfloat16' is not sharded yet.*--parallel data"):
+        fit(activations(), **SETTINGS, select_dtype="bfloat16", parallel="latents")
     folder = tmp_path / "checkpoint"
     small = {**SETTINGS, "total_tokens": 2 * BATCH, "batch_size": BATCH, "checkpoint_dir": str(folder)}
     fit(activations(), **{**small, "checkpoint_every": 1})  # a data-parallel checkpoint

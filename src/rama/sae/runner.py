@@ -50,7 +50,7 @@ from rama.hooks.model import HookedModel
 from rama.locking import exclusive
 from rama.sae.base import SAE
 from rama.sae.evaluate import evaluate
-from rama.sae.training import TrainConfig, fit, global_steps
+from rama.sae.training import TrainConfig, data_ranks, fit, global_steps
 
 SourceKind = Literal["memory", "stream", "disk"]
 
@@ -473,12 +473,12 @@ def train_prepared(
     start = time.perf_counter()
     sae = fit(source, config=config, metadata=meta)
     train_seconds = time.perf_counter() - start
-    size = world().size
+    size = data_ranks(config)  # latent sharding: every rank trains on (and harvests) the same tokens
     trained_tokens = global_steps(config) * config.batch_size * size
     harvested, harvest_seconds = prepared.harvested_tokens, prepared.harvest_seconds
     if isinstance(source, StreamingBatches):  # harvested while training: count what it really did
         harvested, harvest_seconds = source.harvested_tokens, source.harvest_seconds
-    if size > 1:  # every rank's harvest, in the one collective after training
+    if size > 1:  # every rank's own slice, in the one collective after training
         count = torch.tensor([harvested], dtype=torch.long)
         harvested = int(all_reduce_tensor(count, what="the harvested-token count")[0])
     timing = {
@@ -488,7 +488,7 @@ def train_prepared(
         "harvest_seconds": harvest_seconds,
         "train_seconds": train_seconds,
         "data": plan.kind,
-        **({"processes": size} if size > 1 else {}),
+        **({"processes": world().size} if world().size > 1 else {}),
     }
     if not is_main():  # rank 0 saves and evaluates; the others are done
         return sae, timing
@@ -500,8 +500,9 @@ def train_prepared(
 def save_trained(sae: SAE, out: Path, config: TrainConfig) -> None:
     """Save the SAE, its training config and curve; the checkpoint is no longer needed."""
     sae.save(out)
-    size = world().size  # a data-parallel run records its split (batch_size is per rank)
-    parallel = {"world_size": size, "global_batch_size": config.batch_size * size} if size > 1 else {}
+    size = world().size  # a run over ranks records its split (data parallel: batch_size is per rank)
+    global_batch = config.batch_size * data_ranks(config)
+    parallel = {"world_size": size, "global_batch_size": global_batch} if size > 1 else {}
     write_text(out / "train_config.json", json.dumps({**config.to_dict(), **parallel}, indent=2))
     finished = out / "checkpoint"
     if (finished / "metrics.jsonl").exists():

@@ -114,6 +114,13 @@ class TrainConfig:
             )
         if self.parallel not in PARALLEL_MODES:
             raise ConfigError(f"parallel must be one of {', '.join(PARALLEL_MODES)}; got {self.parallel!r}")
+        select_dtype = getattr(self.arch, "select_dtype", "float32")
+        if self.parallel == "latents" and select_dtype != "float32":
+            raise ConfigError(
+                "parallel='latents' selects each rank's candidates in float32; select_dtype="
+                f"{select_dtype!r} is not sharded yet: drop --select-dtype, or "
+                "train it with --parallel data"
+            )
         _positive_int("checkpoint_every", self.checkpoint_every)
         _positive_int("log_every", self.log_every)
 
