@@ -27,7 +27,7 @@ from rama import load
 from rama.activations import HarvestConfig, RingActivations, RingLayout, ShuffleBuffer, harvest, produce
 from rama.activations.disk_cache import CacheMismatchError, cache_key
 from rama.errors import ConfigError
-from rama.sae import fit
+from rama.sae import SAE, fit
 from tiny_models import VOCAB, build
 
 pytestmark = pytest.mark.distributed
@@ -207,3 +207,54 @@ def test_mismatched_settings_are_refused_before_any_work(root: Path, tmp_path: P
     with pytest.raises(ConfigError, match=r"blocks\.1\.hook_resid_post"):
         RingActivations(ring, "blocks.1.hook_resid_post", batch_size=BATCH)
     assert not (ring / "consumer-0").exists()  # no consumer read anything
+
+
+def test_rama_sae_train_consumes_a_ring_that_two_producer_processes_fill(root: Path, tmp_path: Path) -> None:
+    """`rama sae train --activation-ring` trains on what the producers write, as `fit` does on the
+    same rows (bit for bit), with the ring's corpus for its held-out evaluation."""
+    ring = tmp_path / "ring"
+    producers = [start_producer(root, ring, 0), start_producer(root, ring, 1)]
+    settings = ["--architecture", "topk", "--d-sae", "64", "--k", "4", "--batch-size", str(BATCH),
+                "--total-tokens", "1024", "--checkpoint-every", "8", "--eval-tokens", "256", "--no-progress"]  # fmt: skip
+    args = ["sae", "train", "--model", str(root / "model"), "--site", SITE, "--activation-ring", str(ring)]
+    result = rama_in_process(*args, *settings, "--out", str(tmp_path / "sae"))
+    for process in producers:
+        assert process.wait(timeout=60) == 0, process.communicate()
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "sae" / "metrics.json").read_text())
+    assert (metrics["data"], metrics["tokens"]) == ("ring", 1024) and metrics["fvu"] < 1
+
+    model = load(str(root / "model"))
+    reference = tmp_path / "reference"
+    for producer in (0, 1):
+        produce(
+            model,
+            [SITE],
+            reference,
+            HARVEST,
+            RingLayout(2, 1, CAPACITY + 100, 2),
+            producer,
+            root / "corpus.jsonl",
+        )
+    source = RingActivations(reference, SITE, batch_size=BATCH, buffer_tokens=256, snapshot_every=8)
+    expected = fit(source, **{**TRAIN, "total_tokens": 1024, "checkpoint_every": 8})
+    trained = SAE.load(tmp_path / "sae").state_dict()
+    assert all(torch.equal(trained[name], value) for name, value in expected.state_dict().items())
+
+
+def test_a_ring_consumer_refuses_other_data_options_and_a_ring_too_small(root: Path, tmp_path: Path) -> None:
+    ring = tmp_path / "ring"
+    produce(
+        load(str(root / "model")), [SITE], ring, HARVEST, RingLayout(1, 1, 100, 2), 0, root / "corpus.jsonl"
+    )
+    base = ["sae", "train", "--model", str(root / "model"), "--activation-ring", str(ring), "--batch-size", "32",
+            "--no-progress", "--out", str(tmp_path / "sae")]  # fmt: skip
+    result = rama_in_process(*base, "--site", SITE, "--activation-cache", str(tmp_path / "cache"))
+    assert result.returncode == 1 and "it takes no --activation-cache: leave it out" in result.stderr
+    result = rama_in_process(*base, "--site", f"{SITE},blocks.1.hook_resid_post")
+    assert result.returncode == 1 and "one ring consumer trains one SAE, not 2" in result.stderr
+    result = rama_in_process(*base, "--site", SITE, "--total-tokens", "1536")
+    assert result.returncode == 1 and "harvest 1,536 tokens; training 1,536" in result.stderr, result.stderr
+    result = rama_in_process(*base, "--site", SITE, "--total-tokens", "1024", "--corpus", "other.jsonl")
+    assert result.returncode == 1 and "harvested from corpus" in result.stderr
+    assert not (ring / "consumer-0").exists() and not (tmp_path / "sae" / "cfg.json").exists()

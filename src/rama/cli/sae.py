@@ -56,6 +56,14 @@ class SAERunOptions:
         "folder of harvested activations: filled on the first run (sharded safetensors, resumable), "
         "reused by later runs with the same model, corpus, seed and --harvest-tokens",
     )
+    activation_ring: str | None = option(
+        None,
+        "folder of an activation ring that `rama activations produce` processes fill: train on it as one "
+        "consumer, with the ring's harvest settings and corpus (no --stream, --activation-cache, --harvest-tokens)",
+    )
+    ring_consumer: int = option(
+        0, "this trainer's consumer index in --activation-ring (0 .. --consumers - 1)"
+    )
     out: str = option("rama-sae", "output folder (must not hold a finished run; a killed run resumes)")
     distribute_sites: bool = option(
         False,
@@ -187,8 +195,24 @@ def check_run(options: SAERunOptions, config: TrainConfig) -> None:
     except ConfigError as error:
         raise ConfigError(f"--device: {error}") from None
     check_sites(options, config)
+    if options.activation_ring is not None:
+        check_ring_options(options, config)
     for out in options.outputs():
         check_output(out)
+
+
+def check_ring_options(options: SAERunOptions, config: TrainConfig) -> None:
+    """--activation-ring: one site, none of the other data options (the runner's rule, in CLI names)."""
+    from rama.sae.runner import Job, check_ring_run
+
+    given = {
+        "--stream/--no-stream": options.stream is not None,
+        "--activation-cache": options.activation_cache is not None,
+        "--harvest-tokens": options.harvest_tokens is not None,
+        "--distribute-sites": options.distribute_sites,
+    }
+    jobs = [Job(site, out, config) for site, out in zip(options.sites(), options.outputs(), strict=True)]
+    check_ring_run(jobs, given)
 
 
 def check_sites(options: SAERunOptions, config: TrainConfig) -> None:
@@ -251,6 +275,8 @@ def train_sites(model: Any, options: SAERunOptions, config: TrainConfig, harvest
         stream=options.stream,
         activation_cache=options.activation_cache,
         distribute_sites=options.distribute_sites,
+        activation_ring=options.activation_ring,
+        ring_consumer=options.ring_consumer,
     )
     folders = {job.site: job.out for job in jobs}
     for sae, metrics in results:

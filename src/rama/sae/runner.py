@@ -42,6 +42,8 @@ from rama.activations import (
     stream_buffer_tokens,
     stream_harvest_tokens,
 )
+from rama.activations.disk_cache import cache_key
+from rama.activations.ring import Ring, RingActivations
 from rama.atomic import remove_stale_staging, write_text
 from rama.distributed import all_reduce_tensor, alone, is_main, run_on_main, setup_distributed, world
 from rama.distributed.collectives import guarded
@@ -52,7 +54,7 @@ from rama.sae.base import SAE
 from rama.sae.evaluate import evaluate
 from rama.sae.training import TrainConfig, data_ranks, fit, global_steps
 
-SourceKind = Literal["memory", "stream", "disk"]
+SourceKind = Literal["memory", "stream", "disk", "ring"]
 
 
 class OutputExistsError(OutputError):
@@ -73,10 +75,12 @@ class Job:
 class DataPlan:
     """How activations reach training, decided once by `plan_data`."""
 
-    kind: SourceKind  # "memory": harvest, then epochs; "stream": harvest while training; "disk": cache
-    harvest: HarvestConfig
+    kind: SourceKind  # "memory": harvest, then epochs; "stream": harvest while training; "disk": cache;
+    harvest: HarvestConfig  # "ring": read what producer processes harvest (its harvest settings)
     corpus: str | Path | None = None
     cache: Path | None = None  # the activation-cache folder when kind == "disk"
+    ring: Path | None = None  # the ring folder when kind == "ring"
+    consumer: int = 0  # this trainer's consumer index in the ring
 
 
 @dataclass
@@ -186,6 +190,8 @@ def open_sources(model: HookedModel, jobs: list[Job], plan: DataPlan) -> list[Pr
     sites = sorted({s for job in jobs for s in (job.site, job.site_out) if s}, key=model.sites.index)
     if plan.kind == "stream":
         return [stream_source(model, job, plan) for job in jobs]
+    if plan.kind == "ring":
+        return [ring_source(model, job, plan) for job in jobs]
     start = time.perf_counter()
     rank, size = data_world(jobs)
     if plan.kind == "disk":
@@ -252,6 +258,68 @@ def stream_source(model: HookedModel, job: Job, plan: DataPlan) -> Prepared:
     return Prepared(job, source, time.perf_counter() - start)
 
 
+def check_ring_run(jobs: list[Job], given: dict[str, bool]) -> None:
+    """What a ring consumer cannot be combined with (`given`: option name -> whether it was set),
+    refused before the trainer waits on the ring."""
+    clashes = [name for name, used in given.items() if used]
+    if clashes:
+        raise ConfigError(
+            f"activation_ring trains on what the ring's producers harvest, with the ring's own settings; "
+            f"it takes no {', '.join(clashes)}: leave {'it' if len(clashes) == 1 else 'them'} out"
+        )
+    if len(jobs) != 1:
+        raise ConfigError(
+            f"one ring consumer trains one SAE, not {len(jobs)}: start one trainer per SAE, each with its "
+            "own ring_consumer index (a ring produced with --consumers N)"
+        )
+    if world().size > 1:
+        raise ConfigError(
+            "a ring consumer is one process; under torchrun, give each trainer its own consumer index "
+            "instead (rama activations produce --consumers N), or harvest with the stream or a cache"
+        )
+
+
+def ring_plan(jobs: list[Job], folder: str | Path, consumer: int, corpus: str | Path | None) -> DataPlan:
+    """The plan of a ring consumer: the ring's harvest settings and corpus (evaluation uses them
+    too), once its first producer has created it; a ring too small for the run is refused."""
+    manifest = Ring.open(folder).manifest
+    if corpus is not None and str(corpus) != manifest["corpus"]:
+        raise ConfigError(
+            f"the ring in {str(folder)!r} was harvested from corpus {manifest['corpus']!r}, not "
+            f"{str(corpus)!r}: leave the corpus out (the ring's is used) or use another ring"
+        )
+    harvest = HarvestConfig(**manifest["harvest"])
+    job = jobs[0]
+    needed = stream_harvest_tokens(job.config.total_tokens, job.config.batch_size)
+    if harvest.tokens < needed:
+        raise ConfigError(
+            f"the ring's producers harvest {harvest.tokens:,} tokens; training {job.config.total_tokens:,} "
+            f"uses each once and needs {needed:,} (a shuffle buffer's margin for the special tokens left "
+            "out): produce more (--tokens) or train on fewer (--total-tokens)"
+        )
+    return DataPlan("ring", harvest, manifest["corpus"], ring=Path(folder), consumer=consumer)
+
+
+def ring_source(model: HookedModel, job: Job, plan: DataPlan) -> Prepared:
+    """The job's batches from the ring, snapshotted at its checkpoints so that it resumes exactly;
+    a ring harvested from another model (or other weights) is refused before reading."""
+    assert plan.ring is not None
+    start, config = time.perf_counter(), job.config
+    key = cache_key(model, plan.harvest, plan.corpus)
+    source = RingActivations(
+        plan.ring,
+        job.site,
+        job.site_out,
+        config.batch_size,
+        stream_buffer_tokens(config.total_tokens, config.batch_size),
+        config.seed,
+        consumer=plan.consumer,
+        snapshot_every=config.checkpoint_every,
+        expect={"model": key["model"], "weights": key["weights"]},
+    )
+    return Prepared(job, source, time.perf_counter() - start)
+
+
 def train(
     model: HookedModel,
     site: str,
@@ -289,21 +357,31 @@ def train_many(
     stream: bool | None = None,
     activation_cache: str | Path | None = None,
     distribute_sites: bool = False,
+    activation_ring: str | Path | None = None,
+    ring_consumer: int = 0,
 ) -> list[tuple[SAE, dict[str, Any]]]:
     """Several SAEs (sites, widths, sparsities) from one harvest or cache (a stream per job).
     Under torchrun every rank calls it; rank 0 alone locks, checks and writes the output folders.
     With `distribute_sites`, each job is trained by one rank (`site_owners`) from one shared model
-    pass, and each rank returns the results of its own jobs only (in job order)."""
+    pass, and each rank returns the results of its own jobs only (in job order). With
+    `activation_ring`, one job reads a ring that `rama activations produce` processes fill, as
+    consumer `ring_consumer` (see `rama.activations.RingActivations`)."""
     if len({job.out.absolute() for job in jobs}) != len(jobs):
         raise ConfigError("two jobs write the same output folder; give each its own")
     data_world(jobs)  # refuses a job list mixing parallel modes
+    setup_distributed(jobs[0].config.device)  # torchrun's process group; nothing in one process
+    if activation_ring is not None:
+        check_ring_run(jobs, {"stream": stream is not None, "activation_cache": activation_cache is not None,
+                              "harvest_config": harvest_config is not None, "distribute_sites": distribute_sites})  # fmt: skip
     if distribute_sites:
         stream = check_distributed_sites(jobs, stream)
     for job in jobs:
         check_output(job.out)
-    setup_distributed(jobs[0].config.device)  # torchrun's process group; nothing in one process
-    plan = plan_data(jobs, stream=stream, activation_cache=activation_cache,
-                     harvest_config=harvest_config, corpus=corpus)  # fmt: skip
+    if activation_ring is not None:
+        plan = ring_plan(jobs, activation_ring, ring_consumer, corpus)
+    else:
+        plan = plan_data(jobs, stream=stream, activation_cache=activation_cache,
+                         harvest_config=harvest_config, corpus=corpus)  # fmt: skip
     with ExitStack() as locks:
         if distribute_sites:
             return train_distributed_sites(model, jobs, plan, eval_tokens, locks)
