@@ -43,6 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_build(namespace: argparse.Namespace) -> int:
+    from rama.distributed import is_main
     from rama.features.builder import build
     from rama.features.store import FeatureStore
 
@@ -50,6 +51,8 @@ def run_build(namespace: argparse.Namespace) -> int:
     config = from_args(BuildConfig, namespace)
     out = build(options.sae_dir, options.model, corpus=options.corpus, out=options.out, config=config,
                 replace=options.replace)  # fmt: skip
+    if not is_main():  # under torchrun rank 0 merged every rank's part and wrote the store
+        return 0
     with FeatureStore(out) as store:
         meta = store.meta
     neurons = f" and {meta['n_neurons']} neurons of {meta['neuron_site']}" if meta["n_neurons"] else ""

@@ -16,6 +16,7 @@ from rama.distributed.collectives import (
     barrier,
     broadcast_object,
     broadcast_tensors,
+    gather_object,
     is_main,
     run_on_main,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "barrier",
     "broadcast_object",
     "broadcast_tensors",
+    "gather_object",
     "is_main",
     "run_on_main",
     "setup_distributed",

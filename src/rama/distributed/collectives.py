@@ -140,6 +140,16 @@ def broadcast_object(value: Any, src: int = 0, what: str = "a broadcast") -> Any
     return box[0]
 
 
+def gather_object(value: Any, dst: int = 0, what: str = "a gather") -> list[Any] | None:
+    """Every rank's `value` (picklable), in rank order, on rank `dst`; None on the others. One
+    process: `[value]`."""
+    if world().size <= 1:
+        return [value]
+    received: list[Any] | None = [None] * world().size if world().rank == dst else None
+    guarded(what, lambda: dist.gather_object(value, received, dst=dst))
+    return received
+
+
 def barrier(what: str = "a barrier") -> None:
     """Wait until every rank gets here (at most the timeout); a no-op in one process."""
     if world().size > 1:

@@ -74,6 +74,9 @@ def neuron_site(model: HookedModel, sae: SAE) -> str | None:
     return site if site in model.sites else None
 
 
+Summaries = tuple[UnitStats, UnitStats | None, CoFiring | None]  # (latents, neurons, co-firing)
+
+
 class FeatureAnalysis:
     """The mergeable state of a pass: latent and neuron summaries, and latent co-firing counts."""
 
@@ -100,13 +103,18 @@ class FeatureAnalysis:
         if self.neurons is not None and self.neuron_site is not None:
             self.neurons.update(acts[self.neuron_site], tokens, keep, first_row)
 
-    def absorb(self, other: FeatureAnalysis) -> None:
-        """Merge another pass over other rows of the same stream."""
-        self.latents.absorb(other.latents)
-        if self.neurons is not None and other.neurons is not None:
-            self.neurons.absorb(other.neurons)
-        if self.cofiring is not None and other.cofiring is not None:
-            self.cofiring.absorb(other.cofiring)
+    def summaries(self) -> Summaries:
+        """What another process needs to merge this pass: the summaries, not the SAE."""
+        return self.latents, self.neurons, self.cofiring
+
+    def absorb(self, other: FeatureAnalysis | Summaries) -> None:
+        """Merge another pass over other rows of the same stream (or its `summaries()`)."""
+        latents, neurons, cofiring = other.summaries() if isinstance(other, FeatureAnalysis) else other
+        self.latents.absorb(latents)
+        if self.neurons is not None and neurons is not None:
+            self.neurons.absorb(neurons)
+        if self.cofiring is not None and cofiring is not None:
+            self.cofiring.absorb(cofiring)
 
 
 Tokens = int | torch.Tensor | Iterable[torch.Tensor]

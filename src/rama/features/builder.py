@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from rama import __version__
+from rama.distributed import gather_object, setup_distributed
 from rama.errors import ConfigError
 from rama.features.analysis import BuildConfig, FeatureAnalysis, Tokens, analyse
 from rama.features.logit_effects import LogitEffects, model_logit_effects
@@ -37,7 +38,9 @@ def build(
 ) -> Path:
     """Analyse `sae` (an SAE or a folder rama reads) over `tokens` (a count from `corpus`, default
     `config.tokens` from the built-in corpus, or given `[rows, pos]` token rows) with `model`
-    (default: the model the SAE names) and write the feature store `out`."""
+    (default: the model the SAE names) and write the feature store `out`. Under torchrun each rank
+    analyses its stride of the token batches and rank 0 merges them and writes the same store one
+    process would (a token count or a `[rows, pos]` tensor; an iterable of batches is refused)."""
     config = config or BuildConfig()
     check_target(out, replace)  # before the pass, not after it
     sae_path = None if isinstance(sae, SAE) else str(Path(sae).resolve())
@@ -47,12 +50,28 @@ def build(
     model = model if isinstance(model, HookedModel) else load(model or sae.cfg.model_name)
     check_fit(sae, model)
     sae = sae.to(model.device).eval()
-    analysis = analyse(sae, model, tokens, corpus, config)
+    current = setup_distributed(str(model.device))  # torchrun's process group; nothing in one process
+    analysis = merged_on_main(
+        analyse(sae, model, tokens, corpus, config, rank=current.rank, world_size=current.size)
+    )
+    if analysis is None:  # another rank's: rank 0 writes the store
+        return Path(out)
     source = (
         "given tokens" if tokens is not None and not isinstance(tokens, int) else str(corpus or "built-in")
     )
     write_store(out, analysis, model, config, source, replace, sae_path)
     return Path(out)
+
+
+def merged_on_main(analysis: FeatureAnalysis) -> FeatureAnalysis | None:
+    """Under torchrun, rank 0's analysis with every other rank's stride merged in (the one-pass
+    result, whatever the number of ranks); None on the other ranks. One process: `analysis`."""
+    parts = gather_object(analysis.summaries(), what="the feature analyses")
+    if parts is None:
+        return None
+    for other in parts[1:]:
+        analysis.absorb(other)
+    return analysis
 
 
 def check_fit(sae: SAE, model: HookedModel) -> None:
