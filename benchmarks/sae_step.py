@@ -32,6 +32,7 @@ import torch
 from peer_harness import activations, batches, held_out_scores, machine, run_arguments, table, timed
 from rama.atomic import write_text
 from rama.sae import fit
+from rama.sae.topk import this_cpu_native_bf16
 
 Scores = dict[str, Any]
 RAMA_RECIPE = "rama defaults"
@@ -124,6 +125,14 @@ def run_sparsify(data: list[torch.Tensor], test: torch.Tensor, args: Any) -> Sco
     }
 
 
+def native_only(run: Callable[[], Scores]) -> Scores | None:
+    """The bf16 row only where the CPU multiplies bf16 natively (emulated, it is ~100x slower)."""
+    if this_cpu_native_bf16() is False:
+        print("skipped the bf16 selection row: this CPU has no native bf16 (avx512_bf16 / amx_bf16)")
+        return None
+    return run()
+
+
 def runs(
     train: torch.Tensor, test: torch.Tensor, args: Any
 ) -> dict[str, tuple[str, Callable[[], Scores | None]]]:
@@ -133,7 +142,9 @@ def runs(
         "rama TopK": (RAMA_RECIPE, lambda: run_rama("topk", train, test, args, k=args.k)),
         "rama TopK, select_dtype=bfloat16": (
             RAMA_RECIPE + ", bf16 selection",
-            lambda: run_rama("topk", train, test, args, k=args.k, select_dtype="bfloat16"),
+            lambda: native_only(
+                lambda: run_rama("topk", train, test, args, k=args.k, select_dtype="bfloat16")
+            ),
         ),
         "rama ReLU-L1 (standard)": (
             RAMA_RECIPE + ", l1_coefficient 2",

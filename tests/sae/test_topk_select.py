@@ -3,13 +3,15 @@ matmul, their values and gradients are fp32; the default path is unchanged, and 
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
 from rama.errors import ConfigError
 from rama.sae import SAE, BatchTopKConfig, SAEConfig, TopKConfig, TrainConfig, fit
 from rama.sae.base import TrainState
-from rama.sae.topk import SelectedPre, sparse_decode
+from rama.sae.topk import SelectedPre, native_bf16, sparse_decode, this_cpu_native_bf16
 from rama.sae.train_config import resume_differences
 from rama.toys import FeatureSuite
 
@@ -115,3 +117,16 @@ def test_bf16_selection_trains_to_the_fp32_fvu() -> None:
         with torch.no_grad():
             scores.append(float((sae(x) - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()))
     assert abs(scores[1] - scores[0]) <= 0.01 * scores[0] + 1e-3, scores
+
+
+def test_a_cpu_without_native_bf16_is_named_before_training() -> None:
+    assert native_bf16("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    assert native_bf16("flags : fpu amx_bf16 amx_tile\n")
+    assert not native_bf16("flags\t\t: fpu sse avx2 fma avx512f\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for select_dtype in ("float32", "bfloat16"):
+            fit(suite_inputs(256), architecture="topk", d_sae=64, k=4, select_dtype=select_dtype,
+                batch_size=128, total_tokens=128, progress=False)  # fmt: skip
+    emulated = [w for w in caught if "without native bf16" in str(w.message)]
+    assert len(emulated) == (1 if this_cpu_native_bf16() is False else 0)  # this machine's real flags

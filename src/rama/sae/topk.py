@@ -6,8 +6,10 @@ The training hot path never builds a dense `[batch, d_sae]` code for the decoder
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -49,6 +51,37 @@ class TopKConfig(ArchConfig):
         if settings["select_dtype"] == "float32":
             del settings["select_dtype"]
         return settings
+
+
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})  # /proc/cpuinfo flags of a native bf16 matmul
+
+
+def native_bf16(cpuinfo: str) -> bool:
+    """Whether a Linux `/proc/cpuinfo` text names a CPU that multiplies bf16 natively."""
+    flags = {flag for line in cpuinfo.splitlines() if line.startswith("flags") for flag in line.split()}
+    return bool(flags & NATIVE_BF16_FLAGS)
+
+
+@functools.cache
+def this_cpu_native_bf16() -> bool | None:
+    """This machine's answer, or None where /proc/cpuinfo cannot be read (not Linux)."""
+    try:
+        return native_bf16(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return None
+
+
+def warn_if_emulated_bf16(select_dtype: str, device: str) -> None:
+    """A bf16 selection on a CPU without native bf16 runs an emulated matmul: on an AVX2-only AMD
+    EPYC, 45 s against fp32's 0.4 s for one [4096, 576] @ [576, 9216]. Say so before training."""
+    if select_dtype == "bfloat16" and torch.device(device).type == "cpu" and this_cpu_native_bf16() is False:
+        warnings.warn(
+            "select_dtype='bfloat16' on a CPU without native bf16 (no avx512_bf16 or amx_bf16 in "
+            "/proc/cpuinfo): the bf16 matmul is emulated and can be ~100x slower than float32 here; "
+            "use select_dtype='float32' (the default) on this machine",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 class GatherPre(torch.autograd.Function):

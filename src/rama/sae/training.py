@@ -51,6 +51,7 @@ from rama.sae.latent_sharding import (
     shard_optimizer_state,
     whole_sae,
 )
+from rama.sae.topk import warn_if_emulated_bf16
 from rama.sae.train_config import TrainConfig, resume_differences
 
 __all__ = ["TrainConfig", "fit"]
@@ -305,6 +306,7 @@ def fit(
     activations, in eval mode.
     """
     config = (config or TrainConfig()).with_settings(**overrides)
+    warn_if_emulated_bf16(getattr(config.arch, "select_dtype", "float32"), config.device)
     current = setup_distributed(config.device)  # torchrun's process group; nothing in one process
     sharded = config.parallel == "latents"
     if sharded:
