@@ -15,9 +15,9 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "features"))
 
 import torch
 from feature_helpers import tiny_model, tiny_sae, token_rows
+from launch_helpers import exit_code
 
 from rama.distributed import setup_distributed
-from rama.errors import RamaError
 from rama.features import BuildConfig, build
 
 CONFIG = BuildConfig(batch_size=4, context_size=16, tokens=22 * 16, top_k=6, context_left=3, context_right=2,
@@ -33,13 +33,8 @@ def build_both(out: Path, corpus: str) -> None:
 
 def main() -> int:
     torch.set_num_threads(1)
-    try:
-        setup_distributed()
-        build_both(Path(sys.argv[1]), sys.argv[2])
-    except RamaError as error:
-        print(f"rama: error: {error}", file=sys.stderr)
-        return 1
-    return 0
+    setup_distributed()
+    return exit_code(lambda: build_both(Path(sys.argv[1]), sys.argv[2]))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from net_helpers import free_port
@@ -43,3 +44,15 @@ def run_torchrun(
                str(WORKER), str(out), *args]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAMA_DIST_TIMEOUT": "60"}
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def exit_code(body: Callable[[], object]) -> int:
+    """A worker's exit status: 0, or 1 after printing rama's one-line error as the CLI does."""
+    from rama.errors import RamaError
+
+    try:
+        body()
+    except RamaError as error:
+        print(f"rama: error: {error}", file=sys.stderr)
+        return 1
+    return 0
