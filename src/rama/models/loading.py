@@ -181,7 +181,7 @@ def ensure_builtin(spec: BuiltinModel, progress: Callable[[str], None] | None = 
             convert_gguf(source, staging)
         else:
             shutil.copytree(source, staging, dirs_exist_ok=True)
-        record = {**spec.__dict__, "source": str(source)}
+        record = {**dataclasses.asdict(spec), "source": str(source)}
         (staging / MARKER).write_text(json.dumps(record, indent=2))
 
     build_once(final, convert, done=lambda path: is_built_from(path, spec))
