@@ -75,6 +75,7 @@ def test_gemma_loads_completes_and_its_sites_are_exact() -> None:
     with torch.no_grad():
         reference = plain(tokens, output_hidden_states=True)
         logits, cache = model.run_with_cache(tokens, "blocks.*.hook_resid_post")
+    assert logits is not None and reference.logits is not None and reference.hidden_states is not None
     assert torch.equal(logits, reference.logits)
     for layer in range(c.n_layers - 1):  # HF's last hidden state is after the final norm
         assert torch.equal(cache[f"blocks.{layer}.hook_resid_post"], reference.hidden_states[layer + 1])
