@@ -47,7 +47,7 @@ def test_bad_site_is_an_error_not_a_traceback(tmp_path: Path) -> None:
 def test_demo_writes_its_figure_and_summary(tmp_path: Path, smollm: object) -> None:
     result = rama_cli(
         "demo", "--batches", "1", "--batch-size", "2", "--out", str(tmp_path),
-        "--sae-tokens", "8192", "--sae-eval-tokens", "1024", "--features-tokens", "4096",
+        "--sae-tokens", "8192", "--sae-eval-tokens", "512", "--features-tokens", "2048",
         "--features-compared", "20",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]

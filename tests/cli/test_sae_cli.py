@@ -56,7 +56,7 @@ def test_train_writes_an_saelens_folder_with_metrics_then_refuses_to_overwrite(
         "--batch-size",
         "1024",
         "--eval-tokens",
-        "2048",
+        "1024",
         "--out",
         str(out),
     ]
@@ -71,7 +71,7 @@ def test_train_writes_an_saelens_folder_with_metrics_then_refuses_to_overwrite(
     assert "checkpoint" not in files  # a finished run leaves no checkpoint behind
     again = rama_in_process(*args)
     assert again.returncode == 1 and "already holds a trained SAE" in again.stderr
-    evaluated = rama_in_process("sae", "eval", str(out), "--eval-tokens", "2048")
+    evaluated = rama_in_process("sae", "eval", str(out), "--eval-tokens", "1024")
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     assert "ce_loss_recovered" in evaluated.stdout
 
