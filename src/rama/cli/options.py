@@ -44,6 +44,20 @@ def add_options(parser: argparse.ArgumentParser, cls: type[Any], skip: tuple[str
             add_field(parser, field, hints[field.name])
 
 
+def comma_ints(name: str) -> Any:
+    """The parser of a list-of-ints option given as one value: `--widths 72,288,1152`."""
+
+    def parse(text: str) -> list[int]:
+        try:
+            return [int(part) for part in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"--{name.replace('_', '-')} takes comma-separated integers, such as 72,288,1152,4608; got {text!r}"
+            ) from None
+
+    return parse
+
+
 def add_field(
     parser: argparse.ArgumentParser,
     field: dataclasses.Field[Any],
@@ -65,8 +79,8 @@ def add_field(
         )
     elif typing.get_origin(kind) is list and "nargs" in field.metadata:
         parser.add_argument(*flags, dest=field.name, nargs=field.metadata["nargs"], default=None, help=text)
-    elif typing.get_origin(kind) is list and "parse" in field.metadata:
-        parser.add_argument(*flags, dest=field.name, type=field.metadata["parse"], default=None, help=text)
+    elif typing.get_origin(kind) is list and field.metadata.get("comma"):
+        parser.add_argument(*flags, dest=field.name, type=comma_ints(field.name), default=None, help=text)
     elif typing.get_origin(kind) is list:
         parser.add_argument(*flags, dest=field.name, action="append", default=None, help=text)
     else:

@@ -139,20 +139,8 @@ def with_list_parser(field: dataclasses.Field[Any], hint: Any) -> dataclasses.Fi
     if int not in typing.get_args(next(iter(typing.get_args(hint)), None)):
         return field
     parsed = copy.copy(field)
-    parsed.metadata = types.MappingProxyType({**field.metadata, "parse": comma_ints(field.name)})
+    parsed.metadata = types.MappingProxyType({**field.metadata, "comma": True})
     return parsed
-
-
-def comma_ints(name: str) -> Any:
-    def parse(text: str) -> list[int]:
-        try:
-            return [int(part) for part in text.split(",")]
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"--{name.replace('_', '-')} takes comma-separated integers, such as 72,288,1152,4608; got {text!r}"
-            ) from None
-
-    return parse
 
 
 def train_config_from_args(namespace: argparse.Namespace) -> TrainConfig:

@@ -35,19 +35,9 @@ class TooFewPointsError(ConfigError):
     """A functional form has no more grid points than parameters, so a fit would mean nothing."""
 
 
-def comma_ints(text: str) -> list[int]:
-    """`1152,2304,4608` as a list of ints (the CLI's list options)."""
-    try:
-        return [int(part) for part in str(text).split(",")]
-    except ValueError:
-        raise ConfigError(
-            f"expected comma-separated integers, such as 1152,2304,4608; got {text!r}"
-        ) from None
-
-
 def ints_help(help: str) -> dict[str, Any]:
-    """Metadata of a list option given as one comma-separated value."""
-    return {"help": help, "parse": comma_ints}
+    """Metadata of a list option the CLI takes as one comma-separated value (`rama.cli.options`)."""
+    return {"help": help, "comma": True}
 
 
 @dataclass(frozen=True)
