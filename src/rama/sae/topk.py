@@ -207,10 +207,12 @@ def aux_k_loss(
     k = 0 if dead is None else min(k_aux, int(dead.sum()))  # the step's one host sync: the top-k's size
     if dead is None or k == 0:
         return residual.new_zeros(())
-    _, indices = pre.detach().masked_fill(~dead, float("-inf")).topk(k, dim=-1, sorted=False)
+    # the top k among the dead columns only: no masked copy of the whole [batch, d_sae] pre
+    dead_ids = dead.nonzero().squeeze(1)
+    _, local = pre.detach().index_select(1, dead_ids).topk(k, dim=-1, sorted=False)
+    indices = dead_ids[local]
     if W_rows is not None:
         indices = indices.sort(dim=-1).values  # exact_pre's CSR order
-    # a dead latent's pre-activation is -inf only if fewer than k are dead: masked values relu to 0
     if W_rows is None:
         values = GatherPre.apply(pre.detach(), x, sae.W_enc, sae.b_enc, indices).relu()
     else:
@@ -243,7 +245,8 @@ class TopKSAE(SAE):
 
     def loss(self, x: torch.Tensor, target: torch.Tensor, state: TrainState) -> LossOutput:
         centred = x - self.b_dec if self.subtracts_b_dec else x
-        pre, indices, values, W_rows = self.selected(centred)
+        pre_buffer = state.workspace("pre", (centred.shape[0], self.cfg.d_sae), centred)
+        pre, indices, values, W_rows = self.selected(centred, pre_buffer)
         reconstruction = sparse_decode(indices, values, self.W_dec) + self.b_dec + self.skip(x)
         _, fvu = mse_fvu(reconstruction, target)
         residual = target - reconstruction
@@ -255,17 +258,18 @@ class TopKSAE(SAE):
         return LossOutput(loss, reconstruction, fired, {"fvu": fvu.detach(), "aux_k": aux.detach(), "l0": l0})
 
     def selected(
-        self, centred: torch.Tensor
+        self, centred: torch.Tensor, out: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Training's encoder: (pre-activations without gradient `[batch, d_sae]`, each token's k
         latents `[batch, k]`, their fp32 values after ReLU with gradient, W_enc.T if it was made).
+        `out`, a reusable fp32 `[batch, d_sae]` tensor, receives the fp32 pre-activations.
 
         With `select_dtype="bfloat16"` the dense matmul, half the step, runs in bf16 and only picks
         the latents; their values are recomputed in fp32 from the k rows of W_enc.T."""
         k = self.settings.k
         if self.settings.select_dtype == "float32":
             with torch.no_grad():
-                pre = torch.addmm(self.b_enc, centred, self.W_enc)
+                pre = torch.addmm(self.b_enc, centred, self.W_enc, out=out)
                 _, indices = pre.topk(k, dim=-1, sorted=False)
             return pre, indices, GatherPre.apply(pre, centred, self.W_enc, self.b_enc, indices).relu(), None
         with torch.no_grad():

@@ -165,8 +165,11 @@ def init_run(config: TrainConfig, data: BatchSource, meta: dict[str, Any]) -> Ru
 
 
 def make_optimizer(sae: SAE, config: TrainConfig) -> torch.optim.Optimizer:
+    """Adam; fused (one kernel over every parameter) on the CPU and CUDA, where torch has it: on the
+    CPU it made a TopK step at 9,216 latents ~7 % faster than the per-tensor loop (docs/scale-kernels.md)."""
     groups = [{"params": params, "lr_scale": scale} for params, scale in sae.optimizer_groups()]
-    return torch.optim.Adam(groups, lr=config.learning_rate(), betas=(0.9, 0.999))
+    fused = sae.W_enc.device.type in ("cpu", "cuda")
+    return torch.optim.Adam(groups, lr=config.learning_rate(), betas=(0.9, 0.999), fused=fused or None)
 
 
 def data_ranks(config: TrainConfig) -> int:
