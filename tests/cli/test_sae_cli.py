@@ -98,10 +98,10 @@ def test_eval_refuses_an_sae_of_the_wrong_width(tmp_path: Path, smollm: object) 
 
 @pytest.mark.slow
 def test_train_fills_an_activation_cache_that_the_next_run_reuses(tmp_path: Path, smollm: object) -> None:
-    def train(out: str) -> dict[str, float]:
+    def train(out: str, eval_tokens: str = "512") -> dict[str, float]:
         result = rama_in_process(
             "sae", "train", "--site", "blocks.1.hook_resid_post", "--width", "64", "--k", "4",
-            "--tokens", "4096", "--batch-size", "512", "--eval-tokens", "512",
+            "--tokens", "4096", "--batch-size", "512", "--eval-tokens", eval_tokens,
             "--activation-cache", str(tmp_path / "acts"), "--out", str(tmp_path / out),
         )  # fmt: skip
         assert result.returncode == 0, result.stderr[-3000:]
@@ -112,9 +112,13 @@ def test_train_fills_an_activation_cache_that_the_next_run_reuses(tmp_path: Path
     assert manifest["complete"] and manifest["sites"] == ["blocks.1.hook_resid_post"]
     assert first["harvested_tokens"] == manifest["tokens"] > 3800  # 4,096 tokens less the BOS positions
     written = (tmp_path / "acts" / "manifest.json").stat().st_mtime_ns
-    second = train("b")
+    second = train("b", eval_tokens="0")  # no held-out evaluation now: `rama sae eval` runs it later
     assert (tmp_path / "acts" / "manifest.json").stat().st_mtime_ns == written
-    assert second["fvu"] == first["fvu"]  # same activations, same seed: the same SAE
+    assert "fvu" not in second and second["harvested_tokens"] == first["harvested_tokens"]
+    later = rama_in_process("sae", "eval", str(tmp_path / "b"), "--eval-tokens", "512")
+    assert later.returncode == 0, later.stderr[-2000:]
+    fvu = next(line.split()[1] for line in later.stdout.splitlines() if line.startswith("fvu "))
+    assert fvu == f"{first['fvu']:.4f}"  # same activations, same seed: the same SAE
 
 
 @pytest.mark.slow
@@ -203,7 +207,7 @@ BAD_SETTINGS: list[tuple[list[str], str]] = [
     (["--batch-size", "0"], "batch_size must be a positive integer; got 0"),
     (["--tokens", "-5"], "total_tokens must be at least one batch (batch_size 4,096); got -5"),
     (["--tokens", "100"], "total_tokens must be at least one batch (batch_size 4,096); got 100"),
-    (["--eval-tokens", "0"], "--eval-tokens must be a positive number"),
+    (["--eval-tokens", "-1"], "--eval-tokens must be a number of held-out tokens (0 skips the evaluation); got -1"),
     (["--harvest-tokens", "10"], "--harvest-tokens must be at least one batch"),
     (["--arch", "standard", "--l1", "1", "--k", "4"], "--k: not a setting of the 'standard' architecture"),
     (["--matryoshka-widths", "8,4608"], "--matryoshka-widths: not a setting of the 'topk' architecture"),

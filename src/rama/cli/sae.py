@@ -44,7 +44,9 @@ class SAERunOptions:
         "tokens to harvest (default: --total-tokens; fewer means epochs, over activations held in memory "
         "or in --activation-cache)",
     )
-    eval_tokens: int = option(16_384, "held-out tokens for metrics.json")
+    eval_tokens: int = option(
+        16_384, "held-out tokens for metrics.json (0: no evaluation; `rama sae eval` runs it later)"
+    )
     corpus: str | None = option(None, "corpus file/folder (default: the built-in English corpus)")
     stream: bool | None = option(
         None,
@@ -169,9 +171,9 @@ def check_run(options: SAERunOptions, config: TrainConfig) -> None:
     from rama.sae.runner import check_output
     from rama.sae.training import check_device
 
-    if options.eval_tokens <= 0:
+    if options.eval_tokens < 0:
         raise ConfigError(
-            f"--eval-tokens must be a positive number of held-out tokens; got {options.eval_tokens}"
+            f"--eval-tokens must be a number of held-out tokens (0 skips the evaluation); got {options.eval_tokens}"
         )
     if options.harvest_tokens is not None and options.harvest_tokens < config.batch_size:
         raise ConfigError(

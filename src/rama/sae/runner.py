@@ -365,9 +365,12 @@ def train_many(
     With `distribute_sites`, each job is trained by one rank (`site_owners`) from one shared model
     pass, and each rank returns the results of its own jobs only (in job order). With
     `activation_ring`, one job reads a ring that `rama activations produce` processes fill, as
-    consumer `ring_consumer` (see `rama.activations.RingActivations`)."""
+    consumer `ring_consumer` (see `rama.activations.RingActivations`). `eval_tokens=0` skips the
+    held-out evaluation (metrics.json then holds the run's counts and times; `evaluate` runs it later)."""
     if len({job.out.absolute() for job in jobs}) != len(jobs):
         raise ConfigError("two jobs write the same output folder; give each its own")
+    if eval_tokens < 0:
+        raise ConfigError(f"eval_tokens must be >= 0 (0 skips the held-out evaluation); got {eval_tokens}")
     data_world(jobs)  # refuses a job list mixing parallel modes
     setup_distributed(jobs[0].config.device)  # torchrun's process group; nothing in one process
     if activation_ring is not None:
@@ -571,6 +574,9 @@ def train_prepared(
     if not is_main():  # rank 0 saves and evaluates; the others are done
         return sae, timing
     save_trained(sae, job.out, config)
+    if eval_tokens == 0:  # asked to skip it: the counts and times are the metrics
+        write_text(job.out / "metrics.json", json.dumps(timing, indent=2))
+        return sae, timing
     eval_config = replace(plan.harvest, tokens=eval_tokens, split="test", progress=config.progress)
     return sae, record_evaluation(sae, model, job.out, eval_config, plan.corpus, timing)
 
