@@ -20,12 +20,14 @@ from rama.sae.scaling import (
     ScalingConfig,
     ScalingFits,
     TooFewPointsError,
+    UnreachableTargetError,
     fit_scaling_laws,
     joint_form,
     plot_scaling,
     power_form,
     recommend,
     run_grid,
+    scaling_report,
 )
 
 TRUE_JOINT = [-0.5, 0.26, -0.1, -0.042, -2.5, -0.085]  # Gao's form, a steeper β_n so widths matter here
@@ -90,6 +92,22 @@ def test_recommend_picks_the_cheapest_width_that_reaches_the_target() -> None:
     assert pick.predicted_fvu <= target and not pick.caveats
     beyond = recommend(fits, records, min(predicted.values()) * 0.9)
     assert beyond.width > max(WIDTHS) and any("beyond the grid" in c for c in beyond.caveats)
+
+
+def test_an_unreachable_target_is_reported_with_the_fits_not_raised() -> None:
+    """A grid that ran for an hour still gives its fits when no candidate reaches the target FVU
+    (here: below the irreducible term of every k), and says why there is no recommendation."""
+    records = toy_records(noise=0.0)
+    fits = fit_scaling_laws(records)
+    floor = min(float(joint_form(TRUE_JOINT, np.array([10**9]), np.array([k]))[0]) for k in KS)
+    with pytest.raises(UnreachableTargetError, match="is predicted to reach FVU"):
+        recommend(fits, records, floor * 0.5)
+    report = scaling_report(fits, records, floor * 0.5)
+    assert fits.joint is not None and report["joint"]["params"] == fits.joint.params
+    assert "raise target_fvu or add larger ks" in report["recommendation"]["unreachable"]
+    reachable = scaling_report(fits, records, 0.99)
+    assert reachable["recommendation"]["width"] == min(WIDTHS)
+    json.dumps(report)  # what the CLI prints
 
 
 def test_too_few_points_and_bad_grids_are_refused() -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 from rama.cli.options import add_options, from_args
@@ -32,7 +31,7 @@ def handle(namespace: argparse.Namespace) -> int:
 
 def run_scaling(config: ScalingConfig) -> int:
     from rama import load
-    from rama.sae.scaling import fit_scaling_laws, plot_scaling, recommend, run_grid
+    from rama.sae.scaling import fit_scaling_laws, plot_scaling, run_grid, scaling_report
 
     model = load(config.model, device=config.device)
     try:
@@ -41,15 +40,10 @@ def run_scaling(config: ScalingConfig) -> int:
         print("interrupted; finished points are kept: rerun the same command to resume", file=sys.stderr)
         return 130
     fits = fit_scaling_laws(records)
-    report = {
-        "joint": None if fits.joint is None else asdict(fits.joint),
-        "latents": {k: asdict(f) for k, f in fits.latents.items()},
-        "compute": {k: asdict(f) for k, f in fits.compute.items()},
-        "skipped": fits.skipped,
-    }
-    if fits.joint is not None:
-        report["recommendation"] = recommend(fits, records, config.target_fvu).to_dict()
+    report = scaling_report(fits, records, config.target_fvu)
     figure = plot_scaling(records, fits, config.figure or Path(config.out) / "scaling.png")
     print(json.dumps(report, indent=2))
     print(f"wrote {figure} and {Path(config.out) / 'results.jsonl'}")
+    if "unreachable" in report.get("recommendation", {}):
+        print(f"no recommendation: {report['recommendation']['unreachable']}", file=sys.stderr)
     return 0

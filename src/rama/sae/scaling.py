@@ -35,6 +35,10 @@ class TooFewPointsError(ConfigError):
     """A functional form has no more grid points than parameters, so a fit would mean nothing."""
 
 
+class UnreachableTargetError(ConfigError):
+    """No (width, k) within reach of the grid is predicted to reach the target FVU."""
+
+
 def ints_help(help: str) -> dict[str, Any]:
     """Metadata of a list option the CLI takes as one comma-separated value (`rama.cli.options`)."""
     return {"help": help, "comma": True}
@@ -297,10 +301,27 @@ def recommend(
             if predicted <= target_fvu:
                 caveats = extrapolation_caveats(width, widths, target_fvu, records)
                 return Recommendation(width, k, tokens, predicted, 6.0 * d_in * width * tokens, caveats)
-    raise ConfigError(
+    raise UnreachableTargetError(
         f"no width up to {candidates[-1]:,} and k in {ks} is predicted to reach FVU {target_fvu}; "
         "raise target_fvu or add larger ks to the grid"
     )
+
+
+def scaling_report(fits: ScalingFits, records: list[dict[str, Any]], target_fvu: float) -> dict[str, Any]:
+    """The fits and the recommendation as JSON; a target no candidate reaches is reported, not raised,
+    so that a finished grid still gives its fits and figure."""
+    report: dict[str, Any] = {
+        "joint": None if fits.joint is None else asdict(fits.joint),
+        "latents": {k: asdict(f) for k, f in fits.latents.items()},
+        "compute": {k: asdict(f) for k, f in fits.compute.items()},
+        "skipped": fits.skipped,
+    }
+    if fits.joint is not None:
+        try:
+            report["recommendation"] = recommend(fits, records, target_fvu).to_dict()
+        except UnreachableTargetError as unreachable:
+            report["recommendation"] = {"unreachable": str(unreachable)}
+    return report
 
 
 def extrapolation_caveats(
@@ -322,7 +343,7 @@ def plot_scaling(records: list[dict[str, Any]], fits: ScalingFits, path: str | P
     from rama.plotting import pyplot, save_figure
 
     plt = pyplot()
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
     top = max(r["tokens"] for r in records)
     ks = sorted({r["k"] for r in records})
     colours = plt.get_cmap("viridis")(np.linspace(0, 0.85, len(ks)))
