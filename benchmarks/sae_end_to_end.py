@@ -6,9 +6,12 @@ runner and sparsify's trainer, on the same corpus and token budget, in one run.
 Each trainer does its own harvesting (SAELens stops after the hooked layer; sparsify runs the whole
 model) with its own default recipe (rama: `train` defaults; SAELens: its runner's config defaults;
 sparsify: its Trainer's defaults, ScheduleFree SignSGD). The timed span is the same for every
-library: from the local JSONL corpus (written before the clock starts) through tokenizing,
-harvesting and training to the trained SAE. Prints tokens/s and the ratio of rama to the faster
-peer. Peers are skipped when not installed (see sae_step.py for the venv); SAELens needs a
+library: from a local JSONL corpus (the peers' written before the clock starts; rama's is its
+built-in corpus's documents.jsonl, also built before) through tokenizing, harvesting and training
+to the saved SAE. No library evaluates inside the span: SAELens's runner evaluates only when it logs
+to wandb (off here), sparsify not at all, and rama is run with `eval_tokens=0` (its default held-out
+evaluation, ~4 full-model passes, is `rama sae eval` work). Prints tokens/s and the ratio of rama
+to the faster peer. Peers are skipped when not installed (see sae_step.py for the venv); SAELens needs a
 hand-built HookedTransformer config for SmolLM2.
 """
 
@@ -68,7 +71,7 @@ def run_rama(model: Any, args: Any, work: Path, stream: bool, select_dtype: str 
         out,
         config=config,
         harvest_config=harvest,
-        eval_tokens=1024,
+        eval_tokens=0,  # no held-out evaluation, as for the peers (see the docstring)
         stream=stream,
     )
     return args.tokens / (time.perf_counter() - start)
