@@ -131,7 +131,12 @@ def train(args: argparse.Namespace) -> None:
     print(json.dumps(log), flush=True)
     for name in names:
         config = TrainConfig.create(
-            d_sae=args.width, k=args.k, total_tokens=args.tokens, device=device, log_every=500
+            d_sae=args.width,
+            k=args.k,
+            total_tokens=args.tokens,
+            device=device,
+            log_every=500,
+            autocast=args.autocast,
         )
         steps_per_s = probe_speed(acts[name], config)
         affordable = int(steps_per_s * args.budget_s / len(names)) * config.batch_size
@@ -139,7 +144,7 @@ def train(args: argparse.Namespace) -> None:
         meta = sae_metadata("smollm2-135m", name, None, harvest_config)
         start = time.perf_counter()
         sae = fit(acts[name], config=config, metadata=meta)
-        record = {"site": name, "tokens": config.total_steps() * config.batch_size,
+        record = {"site": name, "autocast": args.autocast, "tokens": config.total_steps() * config.batch_size,
                   "train_seconds": time.perf_counter() - start, "probe_steps_per_s": steps_per_s}  # fmt: skip
         folder = work / f"sae-{name.split('.')[1]}"
         sae.save(folder, sparsity=torch.zeros(args.width))
@@ -202,6 +207,9 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--harvest-tokens", type=int, default=10**10, help="train: default every one")
     parser.add_argument("--device", default="cuda")
+    parser.add_argument(
+        "--autocast", default="float32", help="train: float32 or bfloat16 (TrainConfig.autocast)"
+    )
     parser.add_argument("--budget-s", type=float, default=360.0, help="train: seconds for all SAEs")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()

@@ -71,14 +71,15 @@ def this_cpu_native_bf16() -> bool | None:
         return None
 
 
-def warn_if_emulated_bf16(select_dtype: str, device: str) -> None:
-    """A bf16 selection on a CPU without native bf16 runs an emulated matmul: on an AVX2-only AMD
-    EPYC, 45 s against fp32's 0.4 s for one [4096, 576] @ [576, 9216]. Say so before training."""
-    if select_dtype == "bfloat16" and torch.device(device).type == "cpu" and this_cpu_native_bf16() is False:
+def warn_if_emulated_bf16(setting: str, dtype: str, device: str) -> None:
+    """A bf16 matmul (`setting` = select_dtype or autocast) on a CPU without native bf16 is emulated:
+    on an AVX2-only AMD EPYC, 45 s against fp32's 0.4 s for one [4096, 576] @ [576, 9216]. Say so
+    before training."""
+    if dtype == "bfloat16" and torch.device(device).type == "cpu" and this_cpu_native_bf16() is False:
         warnings.warn(
-            "select_dtype='bfloat16' on a CPU without native bf16 (no avx512_bf16 or amx_bf16 in "
+            f"{setting}='bfloat16' on a CPU without native bf16 (no avx512_bf16 or amx_bf16 in "
             "/proc/cpuinfo): the bf16 matmul is emulated and can be ~100x slower than float32 here; "
-            "use select_dtype='float32' (the default) on this machine",
+            f"use {setting}='float32' (the default) on this machine",
             RuntimeWarning,
             stacklevel=3,
         )
@@ -245,8 +246,10 @@ class TopKSAE(SAE):
 
     def loss(self, x: torch.Tensor, target: torch.Tensor, state: TrainState) -> LossOutput:
         centred = x - self.b_dec if self.subtracts_b_dec else x
-        pre_buffer = state.workspace("pre", (centred.shape[0], self.cfg.d_sae), centred)
-        pre, indices, values, W_rows = self.selected(centred, pre_buffer)
+        # under bf16 autocast the dense matmul only picks (bf16 selection); values stay exact fp32
+        bf16 = self.settings.select_dtype == "bfloat16" or torch.is_autocast_enabled(x.device.type)
+        pre_buffer = None if bf16 else state.workspace("pre", (centred.shape[0], self.cfg.d_sae), centred)
+        pre, indices, values, W_rows = self.selected(centred, pre_buffer, bf16=bf16)
         reconstruction = sparse_decode(indices, values, self.W_dec) + self.b_dec + self.skip(x)
         _, fvu = mse_fvu(reconstruction, target)
         residual = target - reconstruction
@@ -258,16 +261,16 @@ class TopKSAE(SAE):
         return LossOutput(loss, reconstruction, fired, {"fvu": fvu.detach(), "aux_k": aux.detach(), "l0": l0})
 
     def selected(
-        self, centred: torch.Tensor, out: torch.Tensor | None = None
+        self, centred: torch.Tensor, out: torch.Tensor | None = None, *, bf16: bool | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Training's encoder: (pre-activations without gradient `[batch, d_sae]`, each token's k
         latents `[batch, k]`, their fp32 values after ReLU with gradient, W_enc.T if it was made).
-        `out`, a reusable fp32 `[batch, d_sae]` tensor, receives the fp32 pre-activations.
+        `out`, a reusable fp32 `[batch, d_sae]` tensor, receives the float32 path's pre-activations.
 
-        With `select_dtype="bfloat16"` the dense matmul, half the step, runs in bf16 and only picks
-        the latents; their values are recomputed in fp32 from the k rows of W_enc.T."""
+        With `select_dtype="bfloat16"` (or `bf16=True`: training under bf16 autocast) the dense matmul,
+        half the step, runs in bf16 and only picks the latents; their values are recomputed in fp32."""
         k = self.settings.k
-        if self.settings.select_dtype == "float32":
+        if not (self.settings.select_dtype == "bfloat16" if bf16 is None else bf16):
             with torch.no_grad():
                 pre = torch.addmm(self.b_enc, centred, self.W_enc, out=out)
                 _, indices = pre.topk(k, dim=-1, sorted=False)

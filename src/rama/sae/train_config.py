@@ -18,6 +18,7 @@ from rama.errors import ConfigError
 from rama.sae.base import DEFAULT_ARCHITECTURE, REGISTRY, ArchConfig, arch_config, sae_class, setting
 
 PARALLEL_MODES = ("data", "latents")
+AUTOCAST_DTYPES = ("float32", "bfloat16")
 DEFAULT_D_SAE = 4608  # 8 x SmolLM2-135M's 576-wide residual stream, the CLI's width since its first release
 
 
@@ -55,6 +56,12 @@ class TrainConfig:
     skip_connection: bool = setting(False, "add a skip connection (skip-transcoder)", aliases=("skip",))
     seed: int = setting(0, "seed for data order and initialisation")
     device: str = setting("cpu", "where the SAE trains: cpu, cuda or cuda:N")
+    autocast: str = setting(
+        "float32",
+        "dtype of the SAE's forward matmuls: float32, or bfloat16 (torch.autocast; weights, gradients, Adam "
+        "and the loss stay fp32; TopK then picks its latents in bf16 and values them in fp32): for GPUs "
+        "and CPUs with native bf16",
+    )
     parallel: str = setting(
         "data",
         "how ranks share the work under torchrun: data (each rank its own slice of the tokens, gradients "
@@ -121,6 +128,13 @@ class TrainConfig:
                 f"{select_dtype!r} is not sharded yet: drop --select-dtype, or "
                 "train it with --parallel data"
             )
+        if self.autocast not in AUTOCAST_DTYPES:
+            raise ConfigError(f"autocast must be one of {', '.join(AUTOCAST_DTYPES)}; got {self.autocast!r}")
+        if self.parallel == "latents" and self.autocast != "float32":
+            raise ConfigError(
+                "parallel='latents' runs its sharded encoder in float32; autocast='bfloat16' is not sharded "
+                "yet: drop --autocast, or train it with --parallel data"
+            )
         _positive_int("checkpoint_every", self.checkpoint_every)
         _positive_int("log_every", self.log_every)
 
@@ -161,6 +175,8 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """Flat: the fields with the architecture's settings in place of `arch` (train_config.json)."""
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "arch"}
+        if values["autocast"] == "float32":  # as before the setting existed: older checkpoints resume
+            del values["autocast"]
         return copy.deepcopy({**values, **self.arch.to_dict()})
 
 

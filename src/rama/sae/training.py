@@ -234,7 +234,8 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, config: TrainConfig) 
     device = sae.W_enc.device
     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
     target = y * run.scale_out
-    out = sae.loss(x * run.scale_in, target, state)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.autocast == "bfloat16"):
+        out = sae.loss(x * run.scale_in, target, state)  # the backward runs outside, as autocast wants
     run.optimizer.zero_grad(set_to_none=True)
     size = data_ranks(config)  # latent-sharded: 1, every rank computes the same loss and terms
     weighted = size > 1 and sae.architecture in VARIANCE_NORMALISED
@@ -309,7 +310,8 @@ def fit(
     activations, in eval mode.
     """
     config = (config or TrainConfig()).with_settings(**overrides)
-    warn_if_emulated_bf16(getattr(config.arch, "select_dtype", "float32"), config.device)
+    warn_if_emulated_bf16("select_dtype", getattr(config.arch, "select_dtype", "float32"), config.device)
+    warn_if_emulated_bf16("autocast", config.autocast, config.device)
     current = setup_distributed(config.device)  # torchrun's process group; nothing in one process
     sharded = config.parallel == "latents"
     if sharded:
