@@ -246,10 +246,9 @@ class TopKSAE(SAE):
 
     def loss(self, x: torch.Tensor, target: torch.Tensor, state: TrainState) -> LossOutput:
         centred = x - self.b_dec if self.subtracts_b_dec else x
-        # under bf16 autocast the dense matmul only picks (bf16 selection); values stay exact fp32
-        bf16 = self.settings.select_dtype == "bfloat16" or torch.is_autocast_enabled(x.device.type)
-        pre_buffer = None if bf16 else state.workspace("pre", (centred.shape[0], self.cfg.d_sae), centred)
-        pre, indices, values, W_rows = self.selected(centred, pre_buffer, bf16=bf16)
+        fp32 = not self.selects_in_bf16(centred)  # only the fp32 path writes a [batch, d_sae] fp32 pre
+        pre_buffer = state.workspace("pre", (centred.shape[0], self.cfg.d_sae), centred) if fp32 else None
+        pre, indices, values, W_rows = self.selected(centred, pre_buffer)
         reconstruction = sparse_decode(indices, values, self.W_dec) + self.b_dec + self.skip(x)
         _, fvu = mse_fvu(reconstruction, target)
         residual = target - reconstruction
@@ -260,17 +259,22 @@ class TopKSAE(SAE):
         l0 = active.sum(-1).float().mean()
         return LossOutput(loss, reconstruction, fired, {"fvu": fvu.detach(), "aux_k": aux.detach(), "l0": l0})
 
+    def selects_in_bf16(self, x: torch.Tensor) -> bool:
+        """With `select_dtype="bfloat16"`, or under bf16 autocast: the dense matmul only picks latents,
+        so autocast gets the bf16 selection, whose values stay exact fp32."""
+        return self.settings.select_dtype == "bfloat16" or torch.is_autocast_enabled(x.device.type)
+
     def selected(
-        self, centred: torch.Tensor, out: torch.Tensor | None = None, *, bf16: bool | None = None
+        self, centred: torch.Tensor, out: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Training's encoder: (pre-activations without gradient `[batch, d_sae]`, each token's k
         latents `[batch, k]`, their fp32 values after ReLU with gradient, W_enc.T if it was made).
         `out`, a reusable fp32 `[batch, d_sae]` tensor, receives the float32 path's pre-activations.
 
-        With `select_dtype="bfloat16"` (or `bf16=True`: training under bf16 autocast) the dense matmul,
-        half the step, runs in bf16 and only picks the latents; their values are recomputed in fp32."""
+        When `selects_in_bf16` the dense matmul, half the step, runs in bf16 and only picks the
+        latents; their values are recomputed in fp32."""
         k = self.settings.k
-        if not (self.settings.select_dtype == "bfloat16" if bf16 is None else bf16):
+        if not self.selects_in_bf16(centred):
             with torch.no_grad():
                 pre = torch.addmm(self.b_enc, centred, self.W_enc, out=out)
                 _, indices = pre.topk(k, dim=-1, sorted=False)
